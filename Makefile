@@ -1,0 +1,42 @@
+# identity-study: set-up, data, the main job and the tests. Every target installs what it needs.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SHARED ?= ../shared
+DATA ?= data
+export IDENTITY_STUDY_DATA ?= $(abspath $(DATA))
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup data main test check-export nbtest pytest lab clean-venv
+
+# a virtual environment with the pinned versions of settings.ini (and constraints.txt for everything they pull in)
+.venv/.installed: settings.ini setup.py constraints.txt
+	python3 -m venv .venv
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: .venv/.installed
+
+# CIFAR-10/100 and Tiny ImageNet rebuilt once from the read-only compact copy in $(SHARED)/data
+$(DATA)/.complete: | .venv/.installed
+	$(PY) -m identity_study.data --shared $(SHARED)/data --root $(DATA) --tiny-imagenet
+	touch $@
+
+data: $(DATA)/.complete
+
+# the main job: a short real training run through papermill, then the figure notebook on it
+main: setup data
+	bash scripts/main.sh
+
+# the whole test suite, as CI runs it
+test: setup data
+	bash scripts/check_export.sh
+	$(MAKE) nbtest pytest
+
+nbtest:
+	.venv/bin/nbdev_test --n_workers 2 --timing
+
+pytest:
+	.venv/bin/pytest -q
+
+lab: setup data
+	.venv/bin/jupyter lab nbs
