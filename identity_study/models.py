@@ -95,7 +95,7 @@ PREACT_SPLITS = {
 }
 SHORTCUT_TYPES = {"A": "zero_pad", "B": "projection"}
 
-# %% ../nbs/02_models.ipynb #aedce135
+# %% ../nbs/02_models.ipynb #df01f98d
 @dataclass(frozen=True)
 class NetSpec:
     unit: str
@@ -128,7 +128,7 @@ class NetSpec:
 
 def net_spec(unit: str = "preact", depth: int = 164, dataset: str = "cifar10", block: str | None = None,
              preact_split: str | None = None, shortcut_type: str | None = None, stride_at: str | None = None,
-             **unit_options) -> NetSpec:
+             width: int | None = None, **unit_options) -> NetSpec:
     "Validate and resolve a net's configuration; raises ValueError naming the bad value and the valid choices."
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; valid choices: {_choices(UNITS)}")
@@ -148,17 +148,19 @@ def net_spec(unit: str = "preact", depth: int = 164, dataset: str = "cifar10", b
         raise ValueError(f"unknown shortcut_type {shortcut_type!r}; valid choices: {_choices(SHORTCUT_TYPES)}")
     if stride_at is not None and stride_at not in STRIDE_AT:
         raise ValueError(f"unknown stride_at {stride_at!r}; valid choices: {_choices(STRIDE_AT)}")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"width must be a positive whole number (the stem's channels), got {width!r}")
     family = DATASETS[dataset]["family"]
     if family == "cifar":
         block, units = cifar_layout(depth, block)
-        stem_width = 16
-        widths = (64, 128, 256) if block == "bottleneck" else (16, 32, 64)
+        stem_width = width or 16
+        widths = tuple(stem_width * m * (4 if block == "bottleneck" else 1) for m in (1, 2, 4))
     else:
         if block == "one_layer":
             raise ValueError("block 'one_layer' exists only for CIFAR nets; valid ImageNet blocks: basic, bottleneck")
         block, units = imagenet_layout(depth, block)
-        stem_width = 64
-        widths = (256, 512, 1024, 2048) if block == "bottleneck" else (64, 128, 256, 512)
+        stem_width = width or 64
+        widths = tuple(stem_width * m * (4 if block == "bottleneck" else 1) for m in (1, 2, 4, 8))
     if shortcut_type is None:
         shortcut_type = "A" if (family == "cifar" and block != "bottleneck") else "B"
     if stride_at is None:
@@ -168,7 +170,7 @@ def net_spec(unit: str = "preact", depth: int = 164, dataset: str = "cifar10", b
                    stem_width=stem_width, shortcut_type=shortcut_type, stride_at=stride_at,
                    preact_split=preact_split, unit_options=options)
 
-# %% ../nbs/02_models.ipynb #715c0354
+# %% ../nbs/02_models.ipynb #b60442c5
 class ResNet(nn.Module):
     "stem → stages of residual units → head. `spec` is the resolved `NetSpec`."
     def __init__(self, spec: NetSpec, stem: nn.Module, stages: nn.Sequential, head: nn.Module):
@@ -243,7 +245,7 @@ def resnet(unit: str = "preact", depth: int = 164, dataset: str = "cifar10", blo
 
     `block` (basic | bottleneck | one_layer) defaults to the paper's naming; `options` are the unit's options
     (`shortcut_scale`, `residual_scale`, `gate_bias`, `dropout_p`, ...) and the net options `preact_split`,
-    `shortcut_type` and `stride_at`."""
+    `shortcut_type`, `stride_at` and `width`."""
     return build(net_spec(unit, depth, dataset, block, **options))
 
 

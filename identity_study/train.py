@@ -69,10 +69,11 @@ PROFILES = {
                                final_eval_subset=32, workers=0)},
 }
 
-# %% ../nbs/04_train.ipynb #64aaa9f6
+# %% ../nbs/04_train.ipynb #dd33e2a4
 DEFAULTS = dict(
     # the net (chapter 2)
     unit="preact", depth=164, block=None, dataset="cifar10", preact_split=None, shortcut_type=None, stride_at=None,
+    width=None,
     # the run
     seed=0, recipe="paper", profile="paper",
     # optimisation (None: from the profile or recipe)
@@ -96,7 +97,7 @@ TERMINAL_STATUSES = ("completed", "diverged")
 def unit_option_names() -> set:
     return {k for cls in UNITS.values() for k in cls.options}
 
-# %% ../nbs/04_train.ipynb #9460160c
+# %% ../nbs/04_train.ipynb #52283007
 def _positive_int(name, v):
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError(f"{name} must be a positive whole number, got {v!r}")
@@ -165,7 +166,7 @@ def resolve_params(**params) -> dict:
     # the net: unit options first, so that an option of another unit is reported as such
     options = {k: given[k] for k in unit_option_names() | set(UNITS[unit].options) if k in given}
     spec = net_spec(unit, p["depth"], p["dataset"], p["block"], preact_split=p["preact_split"],
-                    shortcut_type=p["shortcut_type"], stride_at=p["stride_at"], **options)
+                    shortcut_type=p["shortcut_type"], stride_at=p["stride_at"], width=p["width"], **options)
 
     # recipe → profile → explicit
     r = {k: v for k, v in recipe.items()}
@@ -258,6 +259,7 @@ def resolve_params(**params) -> dict:
     # what the net resolved to is part of the record
     for k in ("block", "preact_split", "shortcut_type", "stride_at"):
         p[k] = getattr(spec, k)
+    p["width"] = spec.stem_width
     for k, v in spec.unit_options.items():
         p[k] = v
     for k in unit_option_names() - set(spec.unit_options):
@@ -585,7 +587,7 @@ class FolderSource:
 def make_source(p, device, rank, world):
     return (FolderSource if DATASETS[p["dataset"]]["family"] == "imagenet" else CifarSource)(p, device, rank, world)
 
-# %% ../nbs/04_train.ipynb #ec85760d
+# %% ../nbs/04_train.ipynb #bdb95509
 def _param_groups(model: nn.Module, decay_bn_and_bias: bool, weight_decay: float):
     if decay_bn_and_bias:
         return [dict(params=list(model.parameters()), weight_decay=weight_decay)]
@@ -684,7 +686,7 @@ def train(**params) -> RunRecord:
         torch.backends.cudnn.benchmark = not p["deterministic"]
     source = make_source(p, device, rank, world)
     spec = net_spec(p["unit"], p["depth"], p["dataset"], p["block"], preact_split=p["preact_split"],
-                    shortcut_type=p["shortcut_type"], stride_at=p["stride_at"],
+                    shortcut_type=p["shortcut_type"], stride_at=p["stride_at"], width=p["width"],
                     **{k: p[k] for k in UNITS[p["unit"]].options})
     model = build(spec).to(device)
     memory_format = torch.channels_last if p["channels_last"] else torch.contiguous_format
