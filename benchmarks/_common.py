@@ -1,0 +1,170 @@
+"""What every benchmark records beside its figures: when, where, with what, and how busy the machine was.
+
+Standard library and torch only, so that gpu_throughput.py can use it on a machine without pandas."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    # run from the source tree: `python benchmarks/x.py` works with or without the package installed
+    sys.path.insert(0, str(ROOT))
+# the rebuilt CIFAR copy that `make data` writes, as the Makefile and the tests default to
+os.environ.setdefault("IDENTITY_STUDY_DATA", str(ROOT / "data"))
+BUSY_LOAD = 0.5
+
+
+def _git(*args) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
+
+
+def gpu_name_without_cuda_init() -> str:
+    "The first GPU's name from nvidia-smi, so that a parent process need not create a CUDA context."
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout.strip()
+        return out.splitlines()[0] if out else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine(device: str = "cpu") -> dict:
+    "The columns that say where and with what a row was measured."
+    try:
+        import torchvision
+        tv = torchvision.__version__
+    except ImportError:
+        tv = ""
+    import identity_study
+    return dict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), hostname=platform.node(),
+                device_name=device_name(device), cpu_count=os.cpu_count(), python=platform.python_version(),
+                torch=torch.__version__, torchvision=tv, cuda=torch.version.cuda or "",
+                threads=torch.get_num_threads(), identity_study=identity_study.__version__,
+                # a copy of the tree without .git (e.g. on a lent GPU machine) can be told its commit
+                git_commit=_git("rev-parse", "--short", "HEAD") or os.environ.get("IDENTITY_STUDY_COMMIT", ""),
+                git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")))
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def warn_if_busy(what: str = "CPU timings") -> float:
+    "The 1-minute load average now; warns when other work is running (call it before this script's own work)."
+    load = load1()
+    if load > BUSY_LOAD:
+        warnings.warn(f"1-min load average is {load} (> {BUSY_LOAD}) before this benchmark started: the machine is "
+                      f"busy and {what} are unreliable; rerun when it is quiet.", stacklevel=2)
+    return load
+
+
+def _jiffies_of_tree(root_pid: int) -> int:
+    "CPU time (clock ticks) used so far by `root_pid` and its live descendants (e.g. DataLoader workers)."
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # after the command name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+            stats[int(d.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, total, grew = {root_pid}, 0, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def _busy_jiffies() -> int:
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+class LoadProbe:
+    """Load around one measurement: 1-min load average before and after, and `other_cpu`, the cores' worth of CPU
+    time that processes outside this benchmark used during it (0 on a quiet machine; the load average alone cannot
+    say this, since it also counts the benchmark's own threads and decays over minutes)."""
+    def __enter__(self):
+        self.load_before, self.t = load1(), time.perf_counter()
+        try:
+            self.busy, self.own = _busy_jiffies(), _jiffies_of_tree(os.getpid())
+        except (OSError, ValueError):
+            self.busy = None
+        return self
+
+    def __exit__(self, *exc):
+        self.load_after, seconds = load1(), time.perf_counter() - self.t
+        self.other_cpu = None
+        if self.busy is not None:
+            other = (_busy_jiffies() - self.busy) - (_jiffies_of_tree(os.getpid()) - self.own)
+            self.other_cpu = round(max(0.0, other / os.sysconf("SC_CLK_TCK") / seconds), 2)
+
+    def columns(self) -> dict:
+        return dict(load1_before=self.load_before, load1_after=self.load_after, other_cpu=self.other_cpu)
+
+
+def append_csv(path, rows: list) -> Path:
+    "Append `rows` (dicts) to the CSV at `path`; a file with other columns is rewritten with the union of both."
+    path = Path(path)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    old_rows = []
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_fields, old_rows = list(reader.fieldnames or []), list(reader)
+        if set(fields) <= set(old_fields):
+            fields, old_rows = old_fields, None          # same columns: plain append
+        else:
+            fields = list(dict.fromkeys(old_fields + fields))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a" if old_rows is None else "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        if old_rows is not None:
+            writer.writeheader()
+            writer.writerows(old_rows)
+        writer.writerows(rows)
+    return path
+
+
+def table(rows: list, columns: list) -> str:
+    "A plain text table (no pandas), numbers right-aligned."
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        return "" if v is None else str(v)
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
