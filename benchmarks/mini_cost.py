@@ -1,0 +1,79 @@
+"""What the mini profile's choices cost: single-thread training throughput of the Table 1/2 nets at full and half
+width, on this CPU, with the trainer's fast path (bf16 autocast, channels_last) and the mini batch of 64.
+
+  .venv/bin/python benchmarks/mini_cost.py                 # ResNet-110 and -164, widths 16 and 8, 3 repeats: ~5 min
+Rows go to benchmarks/mini_cost.csv. Run it on a quiet machine (other_cpu about 0): chapter 8 quotes it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import _common  # noqa: F401  (puts the source tree on sys.path)
+import torch
+import torch.nn.functional as F
+
+from _common import ROOT, LoadProbe, append_csv, machine, table, warn_if_busy
+from identity_study.models import resnet
+
+
+def images_per_second(unit, depth, width, batch, steps, warmup):
+    torch.manual_seed(0)
+    net = resnet(unit, depth, width=width).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", nargs="+", default=["original:110", "preact:164"], help="unit:depth")
+    ap.add_argument("--widths", nargs="+", type=int, default=[16, 8])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "mini_cost.csv"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warn_if_busy()
+    rows = []
+    for repeat in range(args.repeats):          # interleaved: every net and width once per repeat
+        for net in args.nets:
+            unit, depth = net.split(":")
+            for width in args.widths:
+                with LoadProbe() as probe:
+                    ips = images_per_second(unit, int(depth), width, args.batch_size, args.steps, args.warmup)
+                rows.append(dict(machine(), benchmark="mini_cost", unit=unit, depth=int(depth), width=width,
+                                 batch_size=args.batch_size, repeat=repeat, images_per_second=round(ips, 1),
+                                 **probe.columns()))
+    append_csv(args.csv, rows)
+    summary = []
+    for net in args.nets:
+        unit, depth = net.split(":")
+        med = {w: statistics.median(r["images_per_second"] for r in rows
+                                    if r["unit"] == unit and r["depth"] == int(depth) and r["width"] == w)
+               for w in args.widths}
+        for w in args.widths:
+            summary.append(dict(net=f"{unit}-{depth}", width=w, images_per_second=med[w],
+                                speedup_vs_first=round(med[w] / med[args.widths[0]], 2)))
+    print(table(summary, ["net", "width", "images_per_second", "speedup_vs_first"]))
+
+
+if __name__ == "__main__":
+    main()
