@@ -153,7 +153,7 @@ def plot_training_curves(items, labels=None, ax=None, title=None, palette=None):
         ax.set_title(title)
     return ax.figure
 
-# %% ../nbs/07_figures.ipynb #c9fd177f
+# %% ../nbs/07_figures.ipynb #ef703d27
 FIGURES = {
     "fig1": dict(title="Fig. 1: ResNet-1001 on CIFAR-10, original vs pre-activation",
                  panels=[[("table3", "CIFAR-10 ResNet-1001", "original"), ("table3", "CIFAR-10 ResNet-1001", "preact")]]),
@@ -179,9 +179,11 @@ def draw_figure(name: str, metrics: pd.DataFrame, runs: pd.DataFrame, profile: s
     "Draw one of the paper's curve figures from the runs; panels without runs say 'missing'."
     spec = FIGURES[name]
     panels = spec["panels"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.6 * ncols, 4.2 * nrows), squeeze=False)
     finished = set(runs.run_id[runs.status.isin(TERMINAL_STATUSES)]) if len(runs) else set()
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes.flat, panels):
         parts = []
         for table, row, case in panel:
             entry = _entry(table, row, case)
