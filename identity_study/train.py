@@ -387,7 +387,7 @@ def is_locked(run_path: Path) -> bool:
     finally:
         os.close(fd)
 
-# %% ../nbs/04_train.ipynb #68de037b
+# %% ../nbs/04_train.ipynb #06df75d2
 @dataclass
 class RunRecord:
     "What a run leaves behind: its parameters, its metrics and its summary."
@@ -426,6 +426,15 @@ METRIC_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test
                   "test_top5_error", "seconds", "images_per_second"]
 
 
+def _cpu_name() -> str:
+    # platform.processor() is empty on Linux; the model name is in /proc/cpuinfo
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def provenance(device: str) -> dict:
     "Where and with what a run was made."
     root = Path(identity_study.__file__).resolve().parent.parent
@@ -437,8 +446,7 @@ def provenance(device: str) -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     import numpy, torchvision
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else (platform.processor() or
-                                                                                 platform.machine())
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
     return dict(git_commit=git("rev-parse", "HEAD") or None, git_dirty=bool(git("status", "--porcelain")),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__, numpy=numpy.__version__,

@@ -1,0 +1,649 @@
+"""Faults and bad input (issue 6): kill -9 and resume, killed and concurrent sweeps, bad parameters through train()
+and through papermill, corrupt data and checkpoints, divergence, the papermill parameters tag, unwritable records.
+
+Everything runs on tiny configurations (the synthetic data set, ResNet-8/20, a few iterations) so that CI runs it all.
+Subprocesses get OMP_NUM_THREADS=1: on a busy 2-core machine one thread per process is much faster than two."""
+import concurrent.futures
+import contextlib
+import errno
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import identity_study.train as T
+from identity_study.data import DataError
+from identity_study.experiments import FAIL_THRESHOLD
+from identity_study.models import build, net_spec
+from identity_study.sweep import Claim, sweep
+from identity_study.train import RecordWriteError, is_locked, read_status, resolve_params, train
+from conftest import tree
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMING = ["seconds", "images_per_second"]
+# the exact mode: CPU, fp32, deterministic algorithms, one thread; the dropout shortcut also draws from the RNG
+EXACT = dict(unit="dropout_shortcut", depth=8, dataset="synthetic", iterations=16, eval_every=2, batch_size=16,
+             train_subset=128, precision="fp32", channels_last=False, deterministic=True, progress=False, threads=1,
+             device="cpu")
+# what a sweep in these tests changes in every run of a table: the synthetic data, a small net, a few iterations
+SWEEP_SET = dict(dataset="synthetic", depth=20, iterations=16, eval_every=4)
+
+
+@contextlib.contextmanager
+def _torch_state_kept():
+    "train() in this process sets torch's thread count and deterministic mode: give the next tests theirs back."
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state():
+    with _torch_state_kept():
+        yield
+
+
+def _env(**extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("IN_TEST", None)        # the training notebook would switch to its own smoke run
+    return env
+
+
+def _leftovers(path: Path) -> list:
+    "Temporary files of the atomic writes (a write killed half-way leaves one behind)."
+    return sorted(p.name for p in Path(path).iterdir() if p.name.endswith(".tmp") or p.name.endswith(".new"))
+
+
+def _assert_record_readable(path: Path, status=None):
+    "Every record file present is complete: JSON parses, the CSV parses, checkpoints load and match the metrics."
+    params = json.loads((path / "params.json").read_text())
+    summary = json.loads((path / "summary.json").read_text())
+    metrics = pd.read_csv(path / "metrics.csv")
+    assert list(metrics.columns) == T.METRIC_COLUMNS
+    assert metrics.iteration.is_unique and metrics.iteration.is_monotonic_increasing
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        if (path / name).exists():
+            with zipfile.ZipFile(path / name) as z:
+                assert z.testzip() is None, name
+            state = torch.load(path / name, weights_only=False)
+            assert state["identity"] == params["run_id"].rsplit("-", 1)[1]
+            assert [r["iteration"] for r in state["metrics"]][-1:] in ([], [state["iteration"]])
+    if status:
+        assert summary["status"] == status, summary
+    return params, summary, metrics
+
+
+def _final_state(path: Path):
+    return torch.load(path / "checkpoint.pt", weights_only=False)
+
+
+def _assert_same_run(a: Path, b: Path):
+    "Two finished records computed the same thing: every metric but timing, every weight and buffer, bit for bit."
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=TIMING),
+                                  pd.read_csv(b / "metrics.csv").drop(columns=TIMING))
+    sa, sb = _final_state(a), _final_state(b)
+    assert sa["model"].keys() == sb["model"].keys()
+    different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
+    assert not different, different
+    assert torch.equal(sa["rng"]["cpu"], sb["rng"]["cpu"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. kill -9 at five seeded random moments, then resume: bit-identical to an uninterrupted run, 5 of 5
+
+def _train_logged(cfg: dict, log: str):
+    "train(**cfg) with its printed log in the file `log` (the target of the forked training processes)."
+    with open(log, "w") as f, contextlib.redirect_stdout(f):
+        train(**cfg)
+
+
+def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
+    # training processes are forked from a server that has imported torch once: no 3 s import per process
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["identity_study.train", "pandas"])
+    run_id = resolve_params(**EXACT)["run_id"]
+
+    def start(run_dir, log):
+        proc = ctx.Process(target=_train_logged, args=({**EXACT, "run_dir": str(run_dir)}, str(log)))
+        proc.start()
+        return proc
+
+    ref = start(tmp_path / "reference", tmp_path / "reference.log")
+    while not (tmp_path / "reference" / run_id / "checkpoint.pt").exists():
+        assert ref.exitcode is None, (tmp_path / "reference.log").read_text()
+        time.sleep(0.002)
+    t_first = time.perf_counter()
+    ref.join(300)
+    assert ref.exitcode == 0, (tmp_path / "reference.log").read_text()
+    window = time.perf_counter() - t_first          # from the first checkpoint to the end of the process
+    reference = tmp_path / "reference" / run_id
+
+    def trial(seed):
+        rng = random.Random(seed)
+        run_dir = tmp_path / f"killed-{seed}"
+        path = run_dir / run_id
+        proc = start(run_dir, tmp_path / f"killed-{seed}.log")
+        while not (path / "checkpoint.pt").exists():
+            assert proc.exitcode is None, (tmp_path / f"killed-{seed}.log").read_text()
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.6 * window))   # inside training, sometimes in the middle of a checkpoint write
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        assert proc.exitcode == -signal.SIGKILL
+        mid_write = _leftovers(path)
+        params, summary, metrics = _assert_record_readable(path, status="interrupted")
+        assert summary["iterations_done"] < EXACT["iterations"]
+        last = [torch.load(path / n, weights_only=False)["iteration"] for n in ("checkpoint.pt", ".checkpoint.pt.new")
+                if (path / n).exists()]
+        resumed = start(run_dir, tmp_path / f"resumed-{seed}.log")
+        resumed.join(300)
+        log = (tmp_path / f"resumed-{seed}.log").read_text()
+        assert resumed.exitcode == 0, log
+        return dict(seed=seed, done_at_kill=max(last, default=0), mid_write=mid_write, started=params["started"],
+                    log=log)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(trial, range(5)))
+    matched = 0
+    for r in results:
+        path = tmp_path / f"killed-{r['seed']}" / run_id
+        params, summary, _ = _assert_record_readable(path, status="completed")
+        assert params["started"] == r["started"]                  # the resumed run is the same run, not a new one
+        assert _leftovers(path) == []                             # a killed write's temporary file is cleaned up
+        if r["done_at_kill"]:
+            assert f"resuming {run_id} at iteration {r['done_at_kill']}" in r["log"]   # from the newest checkpoint
+        _assert_same_run(reference, path)
+        matched += 1
+    print("kills (iteration of the newest checkpoint, temporary files left by the kill):",
+          [(r["done_at_kill"], r["mid_write"]) for r in results])
+    assert matched == 5
+
+
+def _train_killed_during(cfg: dict, log: str, moment: str):
+    "train(**cfg), killed by SIGKILL at `moment` of its second checkpoint write (the target of a forked process)."
+    real_replace, real_atomic_write, checkpoints = os.replace, T.atomic_write, []
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(src, dst):
+        if len(checkpoints) == 2 and ((moment == "before the rotation" and Path(src).name == "checkpoint.pt") or
+                                      (moment == "between the renames" and Path(src).name == ".checkpoint.pt.new")):
+            die()
+        return real_replace(src, dst)
+
+    def atomic_write(path, write):
+        name = Path(path).name
+        if name == ".checkpoint.pt.new":
+            checkpoints.append(path)
+            if len(checkpoints) == 2 and moment == "writing the checkpoint":
+                def half(f):
+                    buffer = io.BytesIO()
+                    write(buffer)
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                    die()
+                return real_atomic_write(path, half)
+        if name == "metrics.csv" and len(checkpoints) == 2 and moment == "before the metrics":
+            die()
+        return real_atomic_write(path, write)
+    os.replace, T.atomic_write = replace, atomic_write
+    _train_logged(cfg, log)
+
+
+# what each moment of save_checkpoint leaves behind: its temporary file, or a complete checkpoint not yet in place
+CHECKPOINT_MOMENTS = {"writing the checkpoint": [".tmp"], "before the rotation": [".checkpoint.pt.new"],
+                      "between the renames": [".checkpoint.pt.new"], "before the metrics": []}
+
+
+@pytest.mark.parametrize("moment", CHECKPOINT_MOMENTS)
+def test_kill_9_at_each_step_of_a_checkpoint_write_then_resume_is_exact(moment, exact_reference, tmp_path):
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["identity_study.train", "pandas"])
+    cfg = {**EXACT, "run_dir": str(tmp_path)}
+    path = tmp_path / resolve_params(**EXACT)["run_id"]
+    proc = ctx.Process(target=_train_killed_during, args=(cfg, str(tmp_path / "killed.log"), moment))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    left = _leftovers(path)
+    assert [s for s in CHECKPOINT_MOMENTS[moment] if not any(n.endswith(s) for n in left)] == [], left
+    _assert_record_readable(path, status="interrupted")
+    resumed = ctx.Process(target=_train_logged, args=(cfg, str(tmp_path / "resumed.log")))
+    resumed.start()
+    resumed.join(300)
+    log = (tmp_path / "resumed.log").read_text()
+    assert resumed.exitcode == 0, log
+    assert f"at iteration {4 if moment != 'writing the checkpoint' else 2} from checkpoint.pt" in log, log
+    _assert_record_readable(path, status="completed")
+    assert _leftovers(path) == []
+    _assert_same_run(exact_reference, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. a sweep killed in the middle of a table, then started again
+
+def _sweep_cmd(run_dir, only, sets=SWEEP_SET):
+    cmd = [sys.executable, "-m", "identity_study.sweep", "table1", "--profile", "smoke", "--seeds", "1",
+           "--runs-dir", str(run_dir), "--only", only]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    return cmd
+
+
+def _run_folders(run_dir: Path) -> list:
+    return sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _assert_complete_sweep_record(path: Path):
+    params, summary, metrics = _assert_record_readable(path, status="completed")
+    every = params["eval_every"]
+    assert list(metrics.iteration) == list(range(every, params["iterations"] + 1, every))   # one row per evaluation
+    assert summary["iterations_done"] == params["iterations"] and summary["updated"] >= params["started"]
+    assert _final_state(path)["iteration"] == params["iterations"]
+    assert (path / "notebook.ipynb").exists() and not (path / "notebook.failed.ipynb").exists()
+    assert _leftovers(path) == [] and not list(path.glob("superseded-*"))
+    assert not is_locked(path)
+    return params, summary
+
+
+def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("IN_TEST", raising=False)
+    runs = tmp_path / "runs"
+    log = open(tmp_path / "sweep1.log", "w")
+    proc = subprocess.Popen(_sweep_cmd(runs, "constant scaling"), cwd=ROOT, env=_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    try:
+        while True:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "sweep1.log").read_text()[-3000:]
+            folders = _run_folders(runs) if runs.exists() else []
+            done = [p for p in folders if read_status(p) == "completed"]
+            going = [p for p in folders if read_status(p) == "interrupted" and (p / "checkpoint.pt").exists()]
+            if done and going:
+                break
+            time.sleep(0.02)
+        before = {p.name: json.loads((p / "params.json").read_text())["started"] for p in done + going}
+        updated = {p.name: json.loads((p / "summary.json").read_text())["updated"] for p in done}
+        proc.send_signal(signal.SIGKILL)        # the sweep process only: its papermill and kernel follow by themselves
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    interrupted = going[0].name
+
+    lines = []
+    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=SWEEP_SET, only="constant scaling",
+                  wait_poll=0.2, log=lines.append)
+    actions = dict(zip(frame.run_id, frame.action))
+    assert len(frame) == 3 and (frame.status == "completed").all(), lines
+    for run_id in updated:
+        assert actions[run_id] == "skipped"                       # finished before the kill: not trained again
+    assert actions[interrupted] == "resumed"
+    assert sum(a == "trained" for a in actions.values()) == 3 - len(updated) - 1
+    for path in _run_folders(runs):
+        params, summary = _assert_complete_sweep_record(path)
+        if path.name in before:
+            assert params["started"] == before[path.name]         # params.json written once: the same run
+        if path.name in updated:
+            assert summary["updated"] == updated[path.name]       # its record untouched
+    assert "resuming" in (runs / interrupted / "notebook.ipynb").read_text()
+    assert len(_run_folders(runs)) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. two sweeps at once on the same runs/
+
+def test_two_concurrent_sweeps_train_every_run_once(tmp_path):
+    runs = tmp_path / "runs"
+    sets = dict(SWEEP_SET, depth=8, iterations=8)
+    procs = [subprocess.Popen(_sweep_cmd(runs, "constant scaling", sets), cwd=ROOT, env=_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = _run_folders(runs)
+    assert len(folders) == 3
+    trained = {p.name: sum(f"{p.name}: trained -> completed" in line for out in outs for line in out.splitlines())
+               for p in folders}
+    assert trained == {p.name: 1 for p in folders}, outs          # the two sweeps trained 3 runs between them
+    assert not any("resumed" in out or "retried" in out for out in outs), outs
+    for path in folders:
+        _assert_complete_sweep_record(path)
+        claim = Claim(runs, path.name)
+        assert claim.try_acquire()                                # no claim outlives its sweep
+        claim.release()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. bad parameters: one clear error before any compute, nothing written, through train() and through papermill
+
+BASE = dict(unit="preact", depth=20, dataset="synthetic", profile="smoke")
+BAD_PARAMS = [   # (what is wrong, the parameters over BASE, what the error says): through train() and papermill
+    ("unknown unit", dict(unit="resnext"), "unknown unit 'resnext'; valid choices: original"),
+    ("bad option value of a unit", dict(unit="constant_scaling", shortcut_scale="half"),
+     "option shortcut_scale='half' must be a finite number"),
+    ("option of another unit", dict(unit="preact", gate_bias=-6.0),
+     "option 'gate_bias' does not apply to unit 'preact'"),
+    ("impossible depth", dict(depth=100), "depth 100 fits no CIFAR depth formula"),
+    ("depth of a wrong type", dict(depth="abc"), "depth must be a whole number, got 'abc'"),
+    ("unknown block", dict(block="wide"), "unknown block 'wide'; valid choices: basic, bottleneck, one_layer"),
+    ("unknown dataset", dict(dataset="svhn"), "unknown dataset 'svhn'; valid choices: cifar10"),
+    ("unknown recipe", dict(recipe="fast"), "unknown recipe 'fast'; valid choices: paper, official, imagenet"),
+    ("unknown profile", dict(profile="huge"), "unknown profile 'huge'; valid choices: paper, mini, smoke"),
+    ("unknown precision", dict(precision="fp16"), "unknown precision 'fp16'; valid choices: fp32, bf16"),
+    ("batch_size 0", dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
+    ("negative lr", dict(lr=-0.1), "lr must be a positive finite number, got -0.1"),
+    ("iterations 0", dict(iterations=0), "iterations must be a positive whole number, got 0"),
+    ("momentum >= 1", dict(momentum=1.0), "momentum must be below 1, got 1.0"),
+    ("unknown device", dict(device="tpu"), "unknown device 'tpu'; valid choices: 'auto', 'cpu', 'cuda'"),
+    ("unknown eval_split", dict(eval_split="train"), "unknown eval_split 'train'; valid choices: test, val"),
+    ("unknown normalization", dict(normalization="zscore"), "unknown normalization 'zscore'; valid choices"),
+    ("train_subset too large", dict(train_subset=5000), "train_subset=5000 is larger than the 1024 training images"),
+    ("negative seed", dict(seed=-1), "seed must be a whole number >= 0, got -1"),
+    ("unknown parameter name", dict(learning_rate=0.1), "unknown parameter 'learning_rate'; valid parameters:"),
+    ("lr_steps that are not numbers", dict(lr_steps="[4, x]"), "lr_steps must be a list of numbers, got '[4, x]'"),
+    ("an ImageNet parameter on CIFAR", dict(augmentation="scale"), "augmentation applies to ImageNet runs only"),
+    ("a run_dir that is a file", dict(run_dir="<file>"), "cannot be written"),
+]
+MORE_BAD_PARAMS = [   # through train() only (a papermill run costs a kernel start)
+    ("option out of range", dict(unit="dropout_shortcut", dropout_p=1.5), "dropout_p=1.5 must be in [0, 1)"),
+    ("recipe of another data set", dict(recipe="imagenet"), "recipe 'imagenet' does not fit dataset 'synthetic'"),
+    ("a flag that is not a bool", dict(nesterov="yes"), "nesterov must be True or False, got 'yes'"),
+    ("iterations and epochs", dict(iterations=10, epochs=2), "give iterations or epochs, not both"),
+    ("a CIFAR parameter on ImageNet", dict(dataset="tiny_imagenet", recipe="imagenet", depth=18,
+                                           normalization="per_channel"), "normalization applies to CIFAR runs only"),
+    ("a depth of a wrong type", dict(depth=20.0), "depth must be a whole number, got 20.0"),
+    ("a non-finite lr", dict(lr=float("inf")), "lr must be a positive finite number, got inf"),
+    ("an unknown shortcut type", dict(shortcut_type="C"), "unknown shortcut_type 'C'; valid choices: A, B"),
+]
+assert len(BAD_PARAMS) >= 20 and len({name for name, *_ in BAD_PARAMS + MORE_BAD_PARAMS}) == len(
+    BAD_PARAMS + MORE_BAD_PARAMS)
+
+
+def _bad(params, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    return {**BASE, **{k: (str(blocker) if v == "<file>" else v) for k, v in params.items()}}
+
+
+def _papermill_args(params: dict) -> list:
+    "`-p NAME VALUE` where papermill reads VALUE back as the same value, else `-y` with the value in YAML."
+    from papermill.cli import _resolve_type
+    args = []
+    for k, v in params.items():
+        text = str(v)
+        same = _resolve_type(text) == v and type(_resolve_type(text)) is type(v)
+        args += ["-p", k, text] if same else ["-y", json.dumps({k: v})]
+    return args
+
+
+@pytest.mark.parametrize("name,bad,message", BAD_PARAMS + MORE_BAD_PARAMS,
+                         ids=[b[0] for b in BAD_PARAMS + MORE_BAD_PARAMS])
+def test_bad_parameters_through_train(name, bad, message, runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "make_source", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(T, "build", lambda *a, **k: pytest.fail("a net was built"))
+    params = _bad(bad, tmp_path)
+    with pytest.raises(ValueError) as e:
+        train(**{"run_dir": runs, **params})
+    assert message in str(e.value)
+    assert tree(runs) == []
+    if bad.get("run_dir"):
+        assert Path(params["run_dir"]).read_text() == "x"
+
+
+def test_bad_parameters_through_papermill(tmp_path):
+    "Every set of BAD_PARAMS through nbs/train.ipynb: the notebook stops at one ValueError, runs/ stays empty."
+    def one(i):
+        name, bad, message = BAD_PARAMS[i]
+        case = tmp_path / f"case{i}"
+        case.mkdir()
+        runs = case / "runs"
+        runs.mkdir()
+        params = {"run_dir": str(runs), **_bad(bad, case)}
+        out_nb = case / "out.ipynb"
+        proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "nbs" / "train.ipynb"), str(out_nb),
+                               *_papermill_args(params), "--cwd", str(ROOT), "--no-progress-bar"],
+                              capture_output=True, text=True, env=_env(), timeout=300)
+        return name, message, proc, out_nb, runs
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, range(len(BAD_PARAMS))))
+    problems = []
+    for name, message, proc, out_nb, runs in results:
+        errors = [o for c in json.loads(out_nb.read_text())["cells"] for o in c.get("outputs", [])
+                  if o["output_type"] == "error"] if out_nb.exists() else []
+        ok = (proc.returncode != 0 and len(errors) == 1 and errors[0]["ename"] == "ValueError"
+              and message in errors[0]["evalue"] and tree(runs) == [])
+        if not ok:
+            problems.append((name, proc.returncode, [(e["ename"], e["evalue"][:200]) for e in errors], tree(runs),
+                             proc.stderr[-800:]))
+    assert not problems, problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. corrupt data and corrupt checkpoints
+
+def _cifar_copy_with(tmp_path, name: str, damage) -> Path:
+    "A CIFAR-10 root whose files link to the real ones, except `name`, which is a damaged copy."
+    from identity_study import data as D
+    real = D.data_root()
+    root = tmp_path / "data"
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    (root / D.LOCAL_MD5_FILE).symlink_to(real / D.LOCAL_MD5_FILE)
+    for f in (real / "cifar-10-batches-py").iterdir():
+        target = root / "cifar-10-batches-py" / f.name
+        if f.name == name:
+            target.write_bytes(damage(f.read_bytes()))
+        else:
+            target.symlink_to(f)
+    return root
+
+
+def _flip(raw: bytes, at=None) -> bytes:
+    raw = bytearray(raw)
+    raw[len(raw) // 2 if at is None else at] ^= 0xFF
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("data_batch_3", lambda b: b[:1000], "data_batch_3 is corrupt or truncated"),
+    ("test_batch", _flip, "test_batch is corrupt"),
+])
+def test_corrupt_cifar_file_stops_train_with_a_clear_error(name, damage, message, runs, tmp_path):
+    root = _cifar_copy_with(tmp_path, name, damage)
+    with pytest.raises(DataError) as e:
+        train(unit="preact", depth=8, profile="smoke", data_dir=root, run_dir=runs, progress=False)
+    assert message in str(e.value) and "rebuild" in str(e.value)
+    assert tree(runs) == []                                           # found before anything is written
+
+
+def _interrupted_copy(tmp_path, stop_after=9):
+    "An EXACT run stopped after `stop_after` iterations: checkpoint.pt at 8, checkpoint.prev.pt at 6."
+    part = train(**EXACT, run_dir=tmp_path / "part", stop_after=stop_after)
+    assert part.status == "interrupted"
+    assert _final_state(part.path)["iteration"] == 8
+    assert torch.load(part.path / "checkpoint.prev.pt", weights_only=False)["iteration"] == 6
+    return part.path
+
+
+@pytest.fixture(scope="module")
+def exact_reference(tmp_path_factory):
+    with _torch_state_kept():
+        return train(**EXACT, run_dir=tmp_path_factory.mktemp("reference")).path
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "truncated", "other parameters"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(damage, exact_reference, tmp_path, capsys):
+    path = _interrupted_copy(tmp_path)
+    ckpt = path / "checkpoint.pt"
+    if damage == "bit flip":              # bit rot in the weights: torch.load alone would accept it
+        ckpt.write_bytes(_flip(ckpt.read_bytes()))
+    elif damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    else:
+        other = train(**dict(EXACT, seed=1), run_dir=tmp_path / "other", stop_after=2)
+        os.replace(other.path / "checkpoint.pt", ckpt)
+    with pytest.warns(UserWarning, match="checkpoint.pt is unusable"):
+        resumed = train(**EXACT, run_dir=tmp_path / "part")
+    out = capsys.readouterr().out
+    assert "set aside as checkpoint.corrupt.pt" in out
+    assert "at iteration 6 from checkpoint.prev.pt" in out             # says where it resumed from
+    assert resumed.status == "completed" and (path / "checkpoint.corrupt.pt").exists()
+    _assert_same_run(exact_reference, path)
+
+
+def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path, capsys):
+    path = _interrupted_copy(tmp_path)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (path / name).write_bytes(_flip((path / name).read_bytes()))
+    with pytest.warns(UserWarning) as caught:
+        resumed = train(**EXACT, run_dir=tmp_path / "part")
+    warned = [str(w.message) for w in caught]
+    assert sum("is unusable" in w for w in warned) == 2 and sum("restarts from iteration 0" in w for w in warned) == 1
+    out = capsys.readouterr().out
+    assert "no usable checkpoint is left; the run restarts from iteration 0" in out
+    assert resumed.status == "completed"
+    assert list(resumed.metrics.iteration) == list(range(2, 17, 2))   # the old rows are not kept twice
+    _assert_same_run(exact_reference, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. diverging configurations end with their record, and the sweep goes on
+
+def test_constant_scaling_0_5_1_at_the_papers_lr_ends_as_diverged_or_fail(runs):
+    r = train(unit="constant_scaling", depth=110, shortcut_scale=0.5, residual_scale=1.0, profile="smoke",
+              run_dir=runs, progress=False)
+    assert r.params["lr"] == 0.1
+    assert r.status == "diverged" or (r.status == "completed" and r.summary["final_test_error"] > FAIL_THRESHOLD)
+    _assert_record_readable(r.path, status=r.status)
+
+
+def test_absurd_lr_diverges_with_its_record(runs):
+    r = train(**dict(EXACT, lr=1e6, warmup_iterations=0), run_dir=runs)
+    assert r.status == "diverged" and 1 <= r.summary["diverged_at"] <= EXACT["iterations"]
+    params, summary, metrics = _assert_record_readable(r.path, status="diverged")
+    assert summary["final_test_error"] is None and math.isnan(metrics.train_loss.iloc[-1])
+
+
+def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("IN_TEST", raising=False)
+    runs = tmp_path / "runs"
+    overrides = dict(SWEEP_SET, depth=8, lr=1e6, warmup_iterations=0)
+    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5",
+                  log=lambda *a: None)
+    assert list(frame.action) == ["trained", "trained"] and list(frame.status) == ["diverged", "diverged"], frame
+    for path in _run_folders(runs):
+        _assert_record_readable(path, status="diverged")
+        assert (path / "notebook.ipynb").exists()                     # the notebook ran to its end
+    again = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5",
+                  log=lambda *a: None)
+    assert list(again.action) == ["skipped", "skipped"]               # diverging is a result: not retried
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. the papermill parameters tag survives nbdev_clean
+
+def test_parameters_tag_survives_nbdev_clean_and_depth_56_is_built(tmp_path):
+    copy = tmp_path / "train.ipynb"
+    copy.write_text((ROOT / "nbs" / "train.ipynb").read_text())
+    clean = subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(copy)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    cells = json.loads(copy.read_text())["cells"]
+    assert [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    runs = tmp_path / "runs"
+    out_nb = tmp_path / "out.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(copy), str(out_nb), "-p", "depth", "56", "-p",
+                           "unit", "original", "-p", "profile", "smoke", "-p", "dataset", "synthetic", "-p",
+                           "iterations", "2", "-p", "run_dir", str(runs), "--cwd", str(ROOT), "--no-progress-bar"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = _run_folders(runs)
+    params = json.loads((path / "params.json").read_text())
+    assert params["depth"] == 56 and params["net"]["depth"] == 56
+    weights = _final_state(path)["model"]
+    net = build(net_spec("original", 56, "synthetic"))
+    assert len(net.residual_units()) == 27 and net.weighted_layers() == 56
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in weights.items()}
+    branch_convs = [k for k, v in weights.items() if k.startswith("stages.") and v.dim() == 4 and "branch" in k]
+    assert len(branch_convs) == 54                                     # 27 units of two 3x3 convolutions
+    default = build(net_spec("original", 164, "synthetic")).state_dict()
+    assert default.keys() != weights.keys()                          # not the notebook's default depth
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 8. records that cannot be written: a full disk, a failing write
+
+def _train_with_a_full_disk(cfg: dict, out: str):
+    "train(**cfg) under an OS limit of 64 kB per file (the target of a forked process); RecordWriteError -> exit 3."
+    import resource
+    Path(out).write_text("")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past the limit fail with EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+    try:
+        train(**cfg)
+    except RecordWriteError as e:
+        with open(out, "a") as f:
+            f.write(f"RecordWriteError: {e}")
+        os._exit(3)
+
+
+def test_full_disk_while_writing_a_checkpoint(runs):
+    "A real OS limit on file size: the checkpoint (about 600 kB) cannot be written, the small files can."
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["identity_study.train", "pandas"])
+    out = runs.parent / "error.txt"
+    proc = ctx.Process(target=_train_with_a_full_disk, args=({**EXACT, "run_dir": str(runs)}, str(out)))
+    proc.start()
+    proc.join(300)
+    message = out.read_text()
+    assert proc.exitcode == 3, message
+    path = runs / resolve_params(**EXACT)["run_id"]
+    assert f"could not write {path}" in message and "File too large" in message, message
+    assert "checkpoint.pt" in message
+    _assert_record_readable(path, status="interrupted")
+    assert _leftovers(path) == [] and not (path / "checkpoint.pt").exists()
+
+
+def test_no_space_left_while_writing_metrics(runs, exact_reference, monkeypatch):
+    "ENOSPC half-way through the second metrics.csv: a clear error, the previous files intact, then a clean resume."
+    original, calls = T.atomic_write, []
+
+    def failing(path, write):
+        calls.append(Path(path).name)
+        if Path(path).name == "metrics.csv" and calls.count("metrics.csv") == 3:
+            def half(f):
+                f.write(b"iteration,epoch,lr\n4,")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return original(path, half)
+        return original(path, write)
+    monkeypatch.setattr(T, "atomic_write", failing)
+    with pytest.raises(RecordWriteError) as e:
+        train(**EXACT, run_dir=runs)
+    run_id = resolve_params(**EXACT)["run_id"]
+    path = runs / run_id
+    assert f"could not write {path / 'metrics.csv'}" in str(e.value) and "No space left" in str(e.value)
+    _, summary, metrics = _assert_record_readable(path, status="interrupted")
+    assert list(metrics.iteration) == [2] and summary["iterations_done"] == 2   # the versions before the failure
+    assert _leftovers(path) == []
+    monkeypatch.setattr(T, "atomic_write", original)
+    assert train(**EXACT, run_dir=runs).status == "completed"
+    _assert_same_run(exact_reference, path)
