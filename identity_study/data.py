@@ -148,14 +148,14 @@ def prepare_from_shared(shared_data: str | os.PathLike, data_dir=None, tiny_imag
         imagenet_folders_from_tiny(root)
     return root
 
-# %% ../nbs/03_data.ipynb #6c8d8611
+# %% ../nbs/03_data.ipynb #28987618
 NORMALIZATIONS = ("per_pixel_mean", "per_channel")
 
 
-def _generator(*seeds) -> torch.Generator:
+def _generator(*seeds, device="cpu") -> torch.Generator:
     # fold a tuple of ints into one 63-bit seed so (seed, epoch) and (seed, iteration) streams never collide
     h = hashlib.blake2b(repr(seeds).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h, "little") & (2**63 - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(h, "little") & (2**63 - 1))
 
 
 def normalization_stats(images: torch.Tensor, kind: str):
@@ -171,8 +171,8 @@ def normalization_stats(images: torch.Tensor, kind: str):
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     "Pad with zeros, crop back to the original size at a random offset and flip half of the images; batched."
     n, c, h, w = x.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=generator.device).to(x.device)
+    flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device)
     padded = F.pad(x, (padding,) * 4)
     rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
@@ -181,7 +181,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     crops = padded[batch, channel, rows, cols]
     return torch.where(flips[:, None, None, None], crops.flip(3), crops)
 
-# %% ../nbs/03_data.ipynb #a4896573
+# %% ../nbs/03_data.ipynb #1b2ce5a0
 class DeviceCifar:
     "A CIFAR split as one uint8 tensor on `device`, served as augmented, normalised batches."
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, device="cpu", mean=None, std=None,
@@ -205,7 +205,7 @@ class DeviceCifar:
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order_epoch != epoch:
-            self._order = torch.randperm(len(self), generator=_generator(self.seed, "order", epoch))
+            self._order = torch.randperm(len(self), generator=_generator(self.seed, "order", epoch)).to(self.device)
             self._order_epoch = epoch
         return self._order
 
@@ -214,10 +214,10 @@ class DeviceCifar:
         steps = self.steps_per_epoch(batch_size)
         epoch, step = divmod(iteration, steps)
         index = self._epoch_order(epoch)[step * batch_size:(step + 1) * batch_size]
-        index = index[self.rank::self.world_size].to(self.device)
+        index = index[self.rank::self.world_size]
         x = self.normalize(self.images[index])
         if self.augment:
-            x = random_crop_flip(x, _generator(self.seed, "augment", iteration))
+            x = random_crop_flip(x, _generator(self.seed, "augment", iteration, device=self.device))
         return x, self.labels[index]
 
     def eval_batches(self, batch_size: int = 1000):
