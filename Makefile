@@ -27,7 +27,9 @@ data: $(DATA)/.complete
 main: setup data
 	bash scripts/main.sh
 
-# the whole test suite, as CI runs it
+# the whole test suite, as CI runs it. One thread per process: nbdev_test runs two notebooks at a time and several
+# tests run papermill kernels beside pytest, and on 2 cores OpenMP threads that share a core wait on each other.
+test nbtest pytest: export OMP_NUM_THREADS := 1
 test: setup data
 	bash scripts/check_export.sh
 	$(MAKE) nbtest pytest
