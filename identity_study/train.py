@@ -59,10 +59,10 @@ RECIPES = {
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167, "tiny_imagenet": 100_000,
                "synthetic": 1024}
 
-# %% ../nbs/04_train.ipynb #b592e398
+# %% ../nbs/04_train.ipynb #a7abb347
 PROFILES = {
     "paper": {},
-    "mini": {"cifar": dict(iterations=1_200, batch_size=64, width=8, warmup_iterations=120, eval_every=120,
+    "mini": {"cifar": dict(iterations=900, batch_size=64, width=8, warmup_iterations=90, eval_every=90,
                            eval_subset=1_000),
              "imagenet": dict(iterations=2_000, batch_size=64, crop=56, eval_every=250, eval_subset=2_000)},
     "smoke": {"cifar": dict(iterations=8, batch_size=16, eval_every=4, train_subset=512, eval_subset=128,
