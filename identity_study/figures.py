@@ -60,7 +60,7 @@ def gather_metrics(runs_dir="runs") -> pd.DataFrame:
                 frames.append(m.assign(run_id=path.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
 
-# %% ../nbs/07_figures.ipynb #1b3ea6ef
+# %% ../nbs/07_figures.ipynb #a5cbae9d
 def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | None = None) -> list:
     params = dict(entry.params)
     if params["dataset"] == "imagenet" and profile != "paper":
@@ -114,7 +114,7 @@ def table_frame(table: str, runs: pd.DataFrame, profile: str = "paper", seeds=ra
         if pending:
             row["unfinished"] = pending
         rows.append(row)
-    frame = pd.DataFrame(rows).fillna("")
+    frame = pd.DataFrame(rows).astype(object).fillna("")   # object first: blank cells in number columns
     return frame
 
 # %% ../nbs/07_figures.ipynb #d9b12897

@@ -266,8 +266,11 @@ def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("IN_TEST", raising=False)
     runs = tmp_path / "runs"
+    # long enough that the run caught between checkpoints cannot finish in the second its orphaned kernel
+    # lingers (ipykernel notices a dead parent by polling once a second)
+    sets = dict(SWEEP_SET, iterations=96, eval_every=8)
     log = open(tmp_path / "sweep1.log", "w")
-    proc = subprocess.Popen(_sweep_cmd(runs, "constant scaling"), cwd=ROOT, env=_env(), stdout=log,
+    proc = subprocess.Popen(_sweep_cmd(runs, "constant scaling", sets), cwd=ROOT, env=_env(), stdout=log,
                             stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     try:
@@ -290,7 +293,7 @@ def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
     interrupted = going[0].name
 
     lines = []
-    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=SWEEP_SET, only="constant scaling",
+    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=sets, only="constant scaling",
                   wait_poll=0.2, log=lines.append)
     actions = dict(zip(frame.run_id, frame.action))
     assert len(frame) == 3 and (frame.status == "completed").all(), lines
