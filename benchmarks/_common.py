@@ -1,6 +1,7 @@
 """What every benchmark records beside its figures: when, where, with what, and how busy the machine was.
 
-Standard library and torch only, so that gpu_throughput.py can use it on a machine without pandas."""
+Standard library, torch and identity_study.data (numpy, torchvision) only, so that gpu_throughput.py can use it on a
+machine without pandas."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -22,6 +24,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("IDENTITY_STUDY_DATA", str(ROOT / "data"))
 BUSY_LOAD = 0.5
 
+from identity_study.data import device_name  # noqa: E402  (after the source tree is on sys.path)
+
 
 def _git(*args) -> str:
     try:
@@ -29,20 +33,6 @@ def _git(*args) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name()
 
 
 def gpu_name_without_cuda_init() -> str:
@@ -57,15 +47,10 @@ def gpu_name_without_cuda_init() -> str:
 
 def machine(device: str = "cpu") -> dict:
     "The columns that say where and with what a row was measured."
-    try:
-        import torchvision
-        tv = torchvision.__version__
-    except ImportError:
-        tv = ""
     import identity_study
     return dict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), hostname=platform.node(),
                 device_name=device_name(device), cpu_count=os.cpu_count(), python=platform.python_version(),
-                torch=torch.__version__, torchvision=tv, cuda=torch.version.cuda or "",
+                torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda or "",
                 threads=torch.get_num_threads(), identity_study=identity_study.__version__,
                 # a copy of the tree without .git (e.g. on a lent GPU machine) can be told its commit
                 git_commit=_git("rev-parse", "--short", "HEAD") or os.environ.get("IDENTITY_STUDY_COMMIT", ""),

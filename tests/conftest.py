@@ -2,7 +2,9 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 # the rebuilt CIFAR copy that `make data` writes (the Makefile exports the same variable)
@@ -30,3 +32,22 @@ def python():
 def tree(path: Path) -> list:
     "Every file and folder under `path`, relative, sorted."
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
+
+
+TIMING = ["seconds", "images_per_second"]
+
+
+def final_state(path: Path) -> dict:
+    "The last checkpoint of the run recorded in `path`."
+    return torch.load(Path(path) / "checkpoint.pt", weights_only=False)
+
+
+def assert_same_run(a: Path, b: Path):
+    "Two finished records computed the same thing: every metric but timing, every weight and buffer, bit for bit."
+    pd.testing.assert_frame_equal(pd.read_csv(Path(a) / "metrics.csv").drop(columns=TIMING),
+                                  pd.read_csv(Path(b) / "metrics.csv").drop(columns=TIMING))
+    sa, sb = final_state(a), final_state(b)
+    assert sa["model"].keys() == sb["model"].keys()
+    different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
+    assert not different, different
+    assert torch.equal(sa["rng"]["cpu"], sb["rng"]["cpu"])

@@ -29,10 +29,9 @@ from identity_study.experiments import FAIL_THRESHOLD
 from identity_study.models import build, net_spec
 from identity_study.sweep import Claim, sweep
 from identity_study.train import RecordWriteError, is_locked, read_status, resolve_params, train
-from conftest import tree
+from conftest import assert_same_run, final_state, tree
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMING = ["seconds", "images_per_second"]
 # the exact mode: CPU, fp32, deterministic algorithms, one thread; the dropout shortcut also draws from the RNG
 EXACT = dict(unit="dropout_shortcut", depth=8, dataset="synthetic", iterations=16, eval_every=2, batch_size=16,
              train_subset=128, precision="fp32", channels_last=False, deterministic=True, progress=False, threads=1,
@@ -86,21 +85,6 @@ def _assert_record_readable(path: Path, status=None):
     if status:
         assert summary["status"] == status, summary
     return params, summary, metrics
-
-
-def _final_state(path: Path):
-    return torch.load(path / "checkpoint.pt", weights_only=False)
-
-
-def _assert_same_run(a: Path, b: Path):
-    "Two finished records computed the same thing: every metric but timing, every weight and buffer, bit for bit."
-    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv").drop(columns=TIMING),
-                                  pd.read_csv(b / "metrics.csv").drop(columns=TIMING))
-    sa, sb = _final_state(a), _final_state(b)
-    assert sa["model"].keys() == sb["model"].keys()
-    different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
-    assert not different, different
-    assert torch.equal(sa["rng"]["cpu"], sb["rng"]["cpu"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,7 +151,7 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
         assert _leftovers(path) == []                             # a killed write's temporary file is cleaned up
         if r["done_at_kill"]:
             assert f"resuming {run_id} at iteration {r['done_at_kill']}" in r["log"]   # from the newest checkpoint
-        _assert_same_run(reference, path)
+        assert_same_run(reference, path)
         matched += 1
     print("kills (iteration of the newest checkpoint, temporary files left by the kill):",
           [(r["done_at_kill"], r["mid_write"]) for r in results])
@@ -232,7 +216,7 @@ def test_kill_9_at_each_step_of_a_checkpoint_write_then_resume_is_exact(moment, 
     assert f"at iteration {4 if moment != 'writing the checkpoint' else 2} from checkpoint.pt" in log, log
     _assert_record_readable(path, status="completed")
     assert _leftovers(path) == []
-    _assert_same_run(exact_reference, path)
+    assert_same_run(exact_reference, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +239,7 @@ def _assert_complete_sweep_record(path: Path):
     every = params["eval_every"]
     assert list(metrics.iteration) == list(range(every, params["iterations"] + 1, every))   # one row per evaluation
     assert summary["iterations_done"] == params["iterations"] and summary["updated"] >= params["started"]
-    assert _final_state(path)["iteration"] == params["iterations"]
+    assert final_state(path)["iteration"] == params["iterations"]
     assert (path / "notebook.ipynb").exists() and not (path / "notebook.failed.ipynb").exists()
     assert _leftovers(path) == [] and not list(path.glob("superseded-*"))
     assert not is_locked(path)
@@ -481,7 +465,7 @@ def _interrupted_copy(tmp_path, stop_after=9):
     "An EXACT run stopped after `stop_after` iterations: checkpoint.pt at 8, checkpoint.prev.pt at 6."
     part = train(**EXACT, run_dir=tmp_path / "part", stop_after=stop_after)
     assert part.status == "interrupted"
-    assert _final_state(part.path)["iteration"] == 8
+    assert final_state(part.path)["iteration"] == 8
     assert torch.load(part.path / "checkpoint.prev.pt", weights_only=False)["iteration"] == 6
     return part.path
 
@@ -509,7 +493,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(damage, exact_
     assert "set aside as checkpoint.corrupt.pt" in out
     assert "at iteration 6 from checkpoint.prev.pt" in out             # says where it resumed from
     assert resumed.status == "completed" and (path / "checkpoint.corrupt.pt").exists()
-    _assert_same_run(exact_reference, path)
+    assert_same_run(exact_reference, path)
 
 
 def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path, capsys):
@@ -524,7 +508,7 @@ def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path
     assert "no usable checkpoint is left; the run restarts from iteration 0" in out
     assert resumed.status == "completed"
     assert list(resumed.metrics.iteration) == list(range(2, 17, 2))   # the old rows are not kept twice
-    _assert_same_run(exact_reference, path)
+    assert_same_run(exact_reference, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -582,7 +566,7 @@ def test_parameters_tag_survives_nbdev_clean_and_depth_56_is_built(tmp_path):
     (path,) = _run_folders(runs)
     params = json.loads((path / "params.json").read_text())
     assert params["depth"] == 56 and params["net"]["depth"] == 56
-    weights = _final_state(path)["model"]
+    weights = final_state(path)["model"]
     net = build(net_spec("original", 56, "synthetic"))
     assert len(net.residual_units()) == 27 and net.weighted_layers() == 56
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in weights.items()}
@@ -649,4 +633,4 @@ def test_no_space_left_while_writing_metrics(runs, exact_reference, monkeypatch)
     assert _leftovers(path) == []
     monkeypatch.setattr(T, "atomic_write", original)
     assert train(**EXACT, run_dir=runs).status == "completed"
-    _assert_same_run(exact_reference, path)
+    assert_same_run(exact_reference, path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from identity_study.train import (RECIPES, load_record, lr_at, resolve_params, train)
-from conftest import tree
+from conftest import assert_same_run, tree
 
 TINY = dict(unit="preact", depth=20, dataset="synthetic", iterations=12, eval_every=4, batch_size=16,
             train_subset=256, progress=False)
@@ -91,12 +91,7 @@ def test_resume_is_bit_identical_on_cpu_fp32(runs, unit):
     part = train(**cfg, run_dir=runs / "b", stop_after=6)
     assert part.status == "interrupted" and part.summary["iterations_done"] == 4
     resumed = train(**cfg, run_dir=runs / "b")
-    timing = ["seconds", "images_per_second"]
-    pd.testing.assert_frame_equal(straight.metrics.drop(columns=timing), resumed.metrics.drop(columns=timing))
-    a = torch.load(straight.path / "checkpoint.pt", weights_only=False)
-    b = torch.load(resumed.path / "checkpoint.pt", weights_only=False)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"])
+    assert_same_run(straight.path, resumed.path)
 
 
 def test_divergence_ends_the_run_with_its_record(runs):
