@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("IDENTITY_STUDY_DATA", str(ROOT / "data"))
 BUSY_LOAD = 0.5
 
-from identity_study.data import device_name  # noqa: E402  (after the source tree is on sys.path)
+from identity_study.data import device_kind  # noqa: E402  (after the source tree is on sys.path)
 
 
 def _git(*args) -> str:
@@ -48,8 +48,9 @@ def gpu_name_without_cuda_init() -> str:
 def machine(device: str = "cpu") -> dict:
     "The columns that say where and with what a row was measured."
     import identity_study
+    # device_name, cpu_capability and native_bf16: the class of machine a figure holds for
     return dict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), hostname=platform.node(),
-                device_name=device_name(device), cpu_count=os.cpu_count(), python=platform.python_version(),
+                **device_kind(device), cpu_count=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda or "",
                 threads=torch.get_num_threads(), identity_study=identity_study.__version__,
                 # a copy of the tree without .git (e.g. on a lent GPU machine) can be told its commit

@@ -2,10 +2,12 @@
 optimizer and thread count; one process), plus the bare model step of each, which gives the input pipeline's share.
 
 Variants, measured in turn (project, typical, project_bare, typical_bare[, trainer]) in every repeat:
-  project       what identity_study.train does per iteration, rebuilt here from the library's pieces so that no
-                evaluation, checkpoint or record writing is timed: DeviceCifar.batch (CIFAR-10 as one uint8 tensor,
-                per-pixel-mean normalisation, batched random_crop_flip), channels_last, bf16 autocast, SGD step,
-                and the loss / error sums with their .item() (train() syncs every iteration on the CPU)
+  project       what identity_study.train does per iteration, with no evaluation, checkpoint or record writing:
+                DeviceCifar.batch (CIFAR-10 as one uint8 tensor, per-pixel-mean normalisation, batched
+                random_crop_flip), then the trainer's own `train_step` in the precision and memory layout that
+                train() resolves to on this machine (precision="auto", channels_last="auto": bf16 + channels_last
+                where bf16 is native, fp32 + channels_last elsewhere), and the loss / error sums with their .item()
+                (train() syncs every iteration on the CPU)
   typical       torchvision CIFAR10 with PIL RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and Normalize
                 in a DataLoader(shuffle=True, num_workers=W), fp32 NCHW eager, the way most CIFAR repositories do it
   *_bare        the same step on one batch already in memory: the model alone
@@ -13,6 +15,14 @@ Variants, measured in turn (project, typical, project_bare, typical_bare[, train
                 `project` is what the trainer does
 Ratio = project / typical images per second, per repeat; the table gives the median over repeats.
 Input pipeline share = 1 - bare step time / full step time.
+Every row names the CPU class it holds for: cpu_capability (torch's kernel set: AVX2, AVX512, ...) and native_bf16.
+
+--layouts instead times the bare model step in every precision x layout (fp32/bf16 x NCHW/channels_last), the
+evidence behind the "auto" rules, into results_cpu_layouts.csv.
+
+To measure the AVX2 class on a newer x86 CPU, cap the instruction sets of oneDNN and of torch's own kernels (the
+trainer's precision="auto" then resolves to fp32, as on a real AVX2-only host):
+  ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/cpu_throughput.py
 
   .venv/bin/python benchmarks/cpu_throughput.py          # ResNet-20/110/164, 3 repeats: ~15 min on the 2-core CPU
   .venv/bin/python benchmarks/cpu_throughput.py --nets 20 --repeats 1 --steps 2 --warmup 1 --csv benchmarks/x.local.csv
@@ -28,6 +38,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import _common  # noqa: F401  (puts the source tree on sys.path)
 import pandas as pd
@@ -36,8 +47,9 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from _common import ROOT, LoadProbe, append_csv, machine, warn_if_busy
-from identity_study.data import DeviceCifar, cifar_dataset, load_cifar, normalization_stats
+from identity_study.data import DeviceCifar, cifar_dataset, device_kind, load_cifar, normalization_stats
 from identity_study.models import resnet
+from identity_study.train import autocast_for, resolve_channels_last, resolve_precision, train_step
 
 warnings.filterwarnings("ignore", message=".*rebuilt copy.*")   # the rebuilt CIFAR copy is expected here
 
@@ -46,19 +58,14 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 
-def project_step(model, opt):
-    "One iteration of identity_study.train's loop (fast path: channels_last + bf16 autocast)."
+def project_step(model, opt, precision: str, channels_last: bool):
+    "One iteration of identity_study.train's loop: its train_step, then the loss and error sums read back."
+    autocast = autocast_for("cpu", precision)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
     def step(x, y):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x)
-            loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum = loss.detach() * len(y)
-        wrong = (out.detach().argmax(1) != y).sum()
-        return loss_sum.item(), wrong.item()
+        out, loss = train_step(model, opt, x, y, autocast, memory_format)
+        return (loss * len(y)).item(), (out.argmax(1) != y).sum().item()
     return step
 
 
@@ -120,6 +127,8 @@ def main(argv=None):
                     help="DataLoader workers of the typical pipeline; several values give one typical variant each")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (both pipelines)")
     ap.add_argument("--trainer", action="store_true", help="also time identity_study.train.train() itself")
+    ap.add_argument("--layouts", action="store_true",
+                    help="instead: the bare model step in fp32/bf16 x NCHW/channels_last (results_cpu_layouts.csv)")
     ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results_cpu.csv"),
                     help="per-measurement rows; the summary goes to the same name with _summary")
     args = ap.parse_args(argv)
@@ -128,6 +137,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     env = dict(machine("cpu"), threads=args.threads, load1_at_start=start_load)
     bs = args.batch_size
+    if args.layouts:
+        return layouts(args, env)
+    precision = resolve_precision("auto", "cpu")              # what train() runs in on this machine
+    channels_last = resolve_channels_last("auto", "cpu", precision)
+    env.update(precision=precision, channels_last=channels_last)
+    print(f"{env['device_name']} ({env['cpu_capability']}, native bf16: {env['native_bf16']}): the trainer resolves "
+          f"to precision {precision}, channels_last {channels_last}", flush=True)
 
     train_x, train_y = load_cifar("cifar10", train=True)
     mean, std = normalization_stats(train_x, "per_pixel_mean")            # the paper recipe's normalisation
@@ -144,9 +160,11 @@ def main(argv=None):
     rows, summary = [], []
     for depth in args.nets:
         torch.manual_seed(0)
-        fast = resnet("preact", depth, "cifar10").to(memory_format=torch.channels_last)
+        fast = resnet("preact", depth, "cifar10").to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         slow = copy.deepcopy(fast).to(memory_format=torch.contiguous_format)
-        fast_step, slow_step = project_step(fast, sgd(fast)), typical_step(slow, sgd(slow))
+        fast_step = project_step(fast, sgd(fast), precision, channels_last)
+        slow_step = typical_step(slow, sgd(slow))
         variants = {"project": lambda: time_steps(fast_step, project_batches(device_data, bs), args.warmup, args.steps)}
         for w, loader in loaders.items():
             variants[f"typical_w{w}"] = lambda loader=loader: time_steps(slow_step, iter(loader), args.warmup,
@@ -185,7 +203,7 @@ def main(argv=None):
         summary.append(s)
 
     env_cols = set(env)
-    print(f"\n{env['device_name']}, {args.threads} threads, torch {env['torch']}, batch {bs}, "
+    print(f"\n{env['device_name']} ({env['cpu_capability']}, {precision}), {args.threads} threads, torch {env['torch']}, batch {bs}, "
           f"{args.repeats} repeats x {args.steps} steps (+{args.warmup} warm-up); load1 at start {start_load}")
     print(pd.DataFrame([{k: v for k, v in s.items() if k not in env_cols} for s in summary]).to_string(index=False))
     out = append_csv(args.csv, rows)
@@ -194,6 +212,39 @@ def main(argv=None):
     if max(s["max_other_cpu"] for s in summary) > 0.2:
         warnings.warn("other processes used CPU time during the measurements (max_other_cpu > 0.2 cores): "
                       "these figures are not reliable")
+
+
+def layouts(args, env):
+    "The bare model step (one batch in memory) of every precision and layout, interleaved over the repeats."
+    bs, synthetic, rows, summary = args.batch_size, None, [], []
+    combos = [(prec, cl) for prec in ("fp32", "bf16") for cl in (False, True)]
+    for depth in args.nets:
+        torch.manual_seed(0)
+        base = resnet("preact", depth, "cifar10")
+        synthetic = (torch.randn(bs, 3, 32, 32), torch.randint(0, 10, (bs,)))
+        times = {c: [] for c in combos}
+        for r in range(args.repeats):
+            for prec, cl in combos:
+                model = copy.deepcopy(base).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                step = project_step(model, sgd(model), prec, cl)
+                with LoadProbe() as probe:
+                    sec = time_steps(step, repeat_forever(synthetic), args.warmup, args.steps)
+                times[prec, cl].append(sec)
+                rows.append(dict(env, net=f"preact-{depth}", precision=prec, channels_last=cl, repeat=r, batch_size=bs,
+                                 warmup=args.warmup, steps=args.steps, seconds_per_step=round(sec, 5),
+                                 images_per_second=round(bs / sec, 2), **probe.columns()))
+                print(f"preact-{depth} repeat {r} {prec} {'channels_last' if cl else 'NCHW':>13}: {bs / sec:8.1f} "
+                      f"img/s  (other_cpu {probe.other_cpu})", flush=True)
+        for (prec, cl), t in times.items():
+            summary.append(dict(net=f"preact-{depth}", precision=prec, channels_last=cl,
+                                images_per_second=round(bs / statistics.median(t), 1),
+                                vs_fp32_nchw=round(statistics.median(a / b for a, b in zip(times["fp32", False], t)), 2)))
+    print(f"\n{env['device_name']} ({env['cpu_capability']}, native bf16 {env['native_bf16']}), {args.threads} "
+          f"threads, batch {bs}, median of {args.repeats} repeats; vs_fp32_nchw = speed over fp32 NCHW")
+    print(pd.DataFrame(summary).to_string(index=False))
+    csv = Path(args.csv)
+    out = append_csv(csv.with_name(csv.stem + "_layouts.csv"), rows)
+    print(f"appended {len(rows)} rows to {out}")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from torchvision.datasets import CIFAR10, CIFAR100
 __all__ = ['DATA_ENV', 'CIFAR', 'LOCAL_MD5_FILE', 'NORMALIZATIONS', 'EVAL_SPLITS', 'VAL_SIZE', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'IMAGENET_AUGMENTATIONS', 'IMAGENET_TESTS', 'DataError', 'data_root', 'cifar_files_status', 'cifar_dataset',
            'load_cifar', 'prepare_from_shared', 'normalization_stats', 'random_crop_flip', 'DeviceCifar', 'device_name',
-           'cifar_splits', 'synthetic_splits', 'Lighting', 'imagenet_transforms', 'EpochSampler', 'imagenet_loaders',
-           'imagenet_folders_from_tiny', 'main']
+           'native_bf16', 'device_kind', 'cifar_splits', 'synthetic_splits', 'Lighting', 'imagenet_transforms',
+           'EpochSampler', 'imagenet_loaders', 'imagenet_folders_from_tiny', 'main']
 
 # %% ../nbs/03_data.ipynb #feb9a061
 DATA_ENV = "IDENTITY_STUDY_DATA"
@@ -47,12 +47,20 @@ LOCAL_MD5_FILE = "torchvision_layout_md5.json"
 _warned_rebuilt = set()
 
 
+_md5_seen = {}
+
+
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    # once per file and process: a run opens the training and the test split, and each check reads all seven files
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _md5_seen:
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _md5_seen[key] = h.hexdigest()
+    return _md5_seen[key]
 
 
 def _fix_message(name: str, root: Path) -> str:
@@ -124,7 +132,9 @@ def cifar_dataset(name: str, data_dir=None, train: bool = True):
             warnings.warn(f"{name} under {root} is a rebuilt copy (its md5s cannot match the official files): "
                           "numbers are not bit-comparable with runs on the official CIFAR files.", stacklevel=2)
         cls = _rebuilt_class(cls, root)
-    return cls(root, train=train, download=False)
+    # cifar_files_status has just checked every file's md5: torchvision need not read them all again
+    checked = type(cls.__name__, (cls,), {"_check_integrity": lambda self: True})
+    return checked(root, train=train, download=False)
 
 
 def load_cifar(name: str, data_dir=None, train: bool = True):
@@ -241,6 +251,27 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+# %% ../nbs/03_data.ipynb #7cced347
+def native_bf16(device: str) -> bool:
+    "Whether `device` ('cpu', 'cuda', 'cuda:N') computes bf16 in hardware rather than emulating it."
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True      # aarch64: oneDNN's check is the BF16 extension itself
+
+
+def device_kind(device: str) -> dict:
+    "What decides a device's fast path, for run records and benchmark rows."
+    if device.startswith("cuda"):
+        major, minor = torch.cuda.get_device_capability(device)
+        return dict(device_name=device_name(device), cpu_capability=f"cuda sm_{major}{minor}",
+                    native_bf16=native_bf16(device))
+    return dict(device_name=device_name(device), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                native_bf16=native_bf16(device))
 
 # %% ../nbs/03_data.ipynb #2ae0efb5
 EVAL_SPLITS = ("test", "val")

@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 
 from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
-from .train import METRIC_COLUMNS, TERMINAL_STATUSES, resolve_params
+from .train import METRIC_COLUMNS, PRECISIONS, TERMINAL_STATUSES, resolve_params
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'FIGURES', 'gather_runs', 'gather_metrics', 'entry_run_ids', 'table_frame', 'plot_training_curves',
@@ -61,14 +61,26 @@ def gather_metrics(runs_dir="runs") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
 
 # %% ../nbs/07_figures.ipynb #a5cbae9d
-def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | None = None) -> list:
+def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | None = None,
+                  available=None) -> list:
+    """The run ids of `entry` under `profile`, one a seed: among `available` (ids that exist), each seed's fp32 run,
+    else its bf16 run, else none; without `available`, the ids this machine would train."""
     params = dict(entry.params)
     if params["dataset"] == "imagenet" and profile != "paper":
         params["dataset"] = "tiny_imagenet"
         seeds = [0]
     elif params["dataset"] == "imagenet":
         seeds = [0]
-    return [resolve_params(**params, **(overrides or {}), seed=s, profile=profile)["run_id"] for s in seeds]
+    overrides = overrides or {}
+    if available is None or "precision" in overrides:
+        ids = [resolve_params(**params, **overrides, seed=s, profile=profile)["run_id"] for s in seeds]
+        return ids if available is None else [i for i in ids if i in available]
+    out = []
+    for s in seeds:
+        per_precision = [resolve_params(**params, **overrides, seed=s, profile=profile, precision=prec)["run_id"]
+                         for prec in PRECISIONS]
+        out += [i for i in per_precision if i in available][:1]
+    return out
 
 
 def _fmt_paper(value):
@@ -91,15 +103,16 @@ def table_frame(table: str, runs: pd.DataFrame, profile: str = "paper", seeds=ra
                 overrides: dict | None = None) -> pd.DataFrame:
     "Table `table` with the paper's number beside the study's median, mean ± std and number of seeds."
     by_id = runs.set_index("run_id") if len(runs) else pd.DataFrame()
+    finished = set(by_id.index[by_id.status.isin(TERMINAL_STATUSES)]) if len(runs) else set()
     rows = []
     for entry in TABLES[table]:
         if profile not in entry.profiles:
             continue
-        ids = entry_run_ids(entry, profile, seeds, overrides)
-        found = [by_id.loc[i] for i in ids if i in by_id.index and by_id.loc[i, "status"] in TERMINAL_STATUSES]
+        found = [by_id.loc[i] for i in entry_run_ids(entry, profile, seeds, overrides, available=finished)]
         errors = np.array([_error_of(r, entry.metric) for r in found], dtype=float)
-        pending = sum(1 for i in ids if i in by_id.index) - len(found)
-        row = dict(row=entry.row, case=entry.case, paper=_fmt_paper(entry.paper), seeds=len(found))
+        pending = len(entry_run_ids(entry, profile, seeds, overrides, available=set(by_id.index) - finished))
+        row = dict(row=entry.row, case=entry.case, paper=_fmt_paper(entry.paper), seeds=len(found),
+                   precision="+".join(sorted({r["precision"] for r in found})) or "")
         if not len(found):
             row.update(median="missing", mean_std="missing")
         else:
@@ -187,7 +200,7 @@ def draw_figure(name: str, metrics: pd.DataFrame, runs: pd.DataFrame, profile: s
         parts = []
         for table, row, case in panel:
             entry = _entry(table, row, case)
-            ids = [i for i in entry_run_ids(entry, profile, seeds, overrides) if i in finished]
+            ids = entry_run_ids(entry, profile, seeds, overrides, available=finished)
             m = metrics[metrics.run_id.isin(ids)]
             if len(m):
                 label = f"{entry.params['depth']}, {entry.row}" + (f" ({len(ids)} seeds)" if len(ids) > 1 else "")

@@ -31,18 +31,19 @@ from torch import nn
 
 import identity_study
 from .data import (EVAL_SPLITS, IMAGENET_AUGMENTATIONS, IMAGENET_TESTS, NORMALIZATIONS, VAL_SIZE,
-                                 DeviceCifar, cifar_splits, data_root, device_name, imagenet_folders_from_tiny,
-                                 imagenet_loaders, normalization_stats, synthetic_splits)
+                                 DeviceCifar, cifar_splits, data_root, device_kind, imagenet_folders_from_tiny,
+                                 imagenet_loaders, native_bf16, normalization_stats, synthetic_splits)
 from .models import DATASETS, NetSpec, build, net_spec
 from .units import UNITS
 
 # %% auto #0
-__all__ = ['RECIPES', 'TRAIN_SIZES', 'PROFILES', 'DEFAULTS', 'PRECISIONS', 'EXECUTION_PARAMS', 'TERMINAL_STATUSES',
-           'METRIC_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT', 'unit_option_names', 'resolve_device', 'resolve_params',
+__all__ = ['RECIPES', 'TRAIN_SIZES', 'PROFILES', 'DEFAULTS', 'PRECISIONS', 'PRECISION_CHOICES', 'EXECUTION_PARAMS',
+           'TERMINAL_STATUSES', 'METRIC_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT', 'EMULATED_BF16_SLOWDOWN',
+           'unit_option_names', 'resolve_device', 'resolve_precision', 'resolve_channels_last', 'resolve_params',
            'run_identity', 'run_id', 'lr_at', 'RecordWriteError', 'atomic_write', 'write_json', 'write_csv',
            'RunLockedError', 'RunLock', 'is_locked', 'RunRecord', 'load_record', 'provenance', 'save_checkpoint',
            'finish_interrupted_writes', 'load_checkpoint', 'distributed_context', 'CifarSource', 'FolderSource',
-           'make_source', 'read_status', 'evaluate', 'train']
+           'make_source', 'CpuThreads', 'autocast_for', 'train_step', 'read_status', 'evaluate', 'train']
 
 # %% ../nbs/04_train.ipynb #fe970706
 RECIPES = {
@@ -85,11 +86,14 @@ DEFAULTS = dict(
     # data
     normalization=None, eval_split="test", train_subset=None, eval_subset=None, final_eval_subset=None,
     eval_every=None, augmentation=None, test_protocol=None, crop=None, workers=None,
-    # execution (do not change the result's identity)
-    device="auto", precision="bf16", channels_last=True, compile=False, deterministic=False, threads=None,
+    # the arithmetic: "auto" is bf16 where the device computes it natively, else fp32 (part of the identity)
+    precision="auto",
+    # execution (do not change the result's identity); "auto" and None: chosen for the device, see below
+    device="auto", channels_last="auto", compile=False, deterministic=False, threads=None,
     data_dir=None, run_dir="runs", progress=True, rerun=False, stop_after=None,
 )
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")          # what a record can have been computed in
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
 EXECUTION_PARAMS = {"device", "channels_last", "compile", "deterministic", "threads", "data_dir", "run_dir", "progress",
                     "rerun", "stop_after", "workers"}
@@ -143,6 +147,25 @@ def resolve_device(device: str) -> str:
                              "valid choices here: 'auto', 'cpu'")
         return device
     raise ValueError(f"unknown device {device!r}; valid choices: 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    "'auto' is bf16 where `device` computes bf16 natively (chapter 3, `native_bf16`), else fp32."
+    _choice("precision", precision, PRECISION_CHOICES)
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def resolve_channels_last(channels_last, device: str, precision: str) -> bool:
+    """'auto': channels-last on CPUs (oneDNN's convolutions are faster in it, in fp32 as in bf16, on AVX2 and on
+    AVX-512 BF16 CPUs alike: `benchmarks/cpu_throughput.py --layouts`) and on GPUs with tensor cores; NCHW on older
+    GPUs in fp32, where cuDNN's fastest kernels are NCHW ones."""
+    if channels_last != "auto":
+        return _bool("channels_last", channels_last)
+    if device.startswith("cuda"):
+        return precision == "bf16" or torch.cuda.get_device_capability(device)[0] >= 7
+    return True
 
 
 def resolve_params(**params) -> dict:
@@ -213,7 +236,7 @@ def resolve_params(**params) -> dict:
     p["momentum"] = _nonneg_number("momentum", p["momentum"])
     if p["momentum"] >= 1:
         raise ValueError(f"momentum must be below 1, got {p['momentum']!r}")
-    for k in ("nesterov", "decay_bn_and_bias", "channels_last", "compile", "deterministic", "progress", "rerun"):
+    for k in ("nesterov", "decay_bn_and_bias", "compile", "deterministic", "progress", "rerun"):
         _bool(k, p[k])
     if p["nesterov"] and p["momentum"] == 0:
         raise ValueError("nesterov=True needs a momentum above 0")
@@ -223,7 +246,11 @@ def resolve_params(**params) -> dict:
     if isinstance(p["warmup_iterations"], bool) or not isinstance(p["warmup_iterations"], int) \
             or p["warmup_iterations"] < 0:
         raise ValueError(f"warmup_iterations must be a whole number >= 0, got {p['warmup_iterations']!r}")
-    _choice("precision", p["precision"], PRECISIONS)
+    _choice("precision", p["precision"], PRECISION_CHOICES)
+    if p["channels_last"] != "auto":
+        _bool("channels_last", p["channels_last"])
+    if p["threads"] == "auto":
+        p["threads"] = None
     _choice("eval_split", p["eval_split"], EVAL_SPLITS)
     if family == "cifar":
         for k in ("augmentation", "test_protocol", "crop"):     # a CIFAR run would silently ignore them
@@ -255,6 +282,8 @@ def resolve_params(**params) -> dict:
         raise ValueError(f"batch_size={p['batch_size']} is larger than the training set")
     p["eval_every"] = p["eval_every"] or max(1, min(p["train_subset"] or full_train, full_train) // p["batch_size"])
     p["device"] = resolve_device(p["device"])
+    p["precision"] = resolve_precision(p["precision"], p["device"])
+    p["channels_last"] = resolve_channels_last(p["channels_last"], p["device"], p["precision"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if p["batch_size"] % world:
         raise ValueError(f"batch_size={p['batch_size']} does not split over {world} processes")
@@ -441,7 +470,7 @@ def provenance(device: str) -> dict:
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__, numpy=numpy.__version__,
                               identity_study=identity_study.__version__),
-                device_name=device_name(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
+                **device_kind(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
                 world_size=int(os.environ.get("WORLD_SIZE", "1")),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
@@ -619,6 +648,87 @@ class FolderSource:
 def make_source(p, device, rank, world):
     return (FolderSource if DATASETS[p["dataset"]]["family"] == "imagenet" else CifarSource)(p, device, rank, world)
 
+# %% ../nbs/04_train.ipynb #13848bb0
+class CpuThreads:
+    "The torch threads of a CPU run: fixed when given, else the usable cores that other processes leave free."
+    every_s = 10.0
+
+    def __init__(self, threads: int | None = None, adapt: bool = True):
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+            range(os.cpu_count() or 1))
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        self.fixed = threads or (int(env) if env.isdigit() and int(env) > 0 else None)
+        self.adapt = adapt and self.fixed is None
+        self._mark = None
+
+    @staticmethod
+    def for_load(cores: int, other_load: float) -> int:
+        "Every core but those that other processes keep busy (a core counts as busy from half its time on)."
+        return max(1, min(cores, cores - int(other_load + 0.5)))
+
+    def _sample(self):
+        "(wall clock, busy seconds of this process's cores, CPU seconds of this process), all in seconds."
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cores:
+                    user, nice, system, idle, iowait, irq, softirq, steal = map(int, ticks[:8])
+                    busy += user + nice + system + irq + softirq + steal
+        t = os.times()
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+    def _other_load(self) -> float:
+        now = self._sample()
+        (t0, busy0, own0), self._mark = self._mark, now
+        return max(0.0, (now[1] - busy0) - (now[2] - own0)) / max(now[0] - t0, 1e-3)
+
+    def start(self) -> int:
+        "Choose and set the threads before the first step; returns them."
+        n = self.fixed
+        if n is None:
+            try:
+                self._mark = self._sample()
+                time.sleep(0.2)
+                n = self.for_load(len(self.cores), self._other_load())
+            except (OSError, ValueError):       # no /proc (not Linux): every core
+                n, self.adapt = len(self.cores), False
+        torch.set_num_threads(n)
+        return n
+
+    def update(self) -> int | None:
+        "At a step boundary: choose again from the load since the last choice; the new count, or None if unchanged."
+        if not self.adapt or self._mark is None or time.monotonic() - self._mark[0] < self.every_s:
+            return None
+        n = self.for_load(len(self.cores), self._other_load())
+        if n == torch.get_num_threads():
+            return None
+        torch.set_num_threads(n)
+        return n
+
+# %% ../nbs/04_train.ipynb #1dea410b
+# pre-act ResNet-110, batch 128, two threads: fp32 over emulated-bf16 images per second on the AVX2 class
+# (benchmarks/results_cpu_layouts.csv); quoted by the warning that a bf16 run on such a device gets
+EMULATED_BF16_SLOWDOWN = 10
+
+
+def autocast_for(device: str, precision: str):
+    "A factory of the autocast context for `precision` on `device` (a no-op context in fp32)."
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    return lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_step(model, optimizer, x, y, autocast, memory_format=torch.contiguous_format):
+    "One SGD iteration on the batch (x, y); returns the detached logits and loss, with no host synchronisation."
+    x = x.contiguous(memory_format=memory_format)
+    with autocast():
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return out.detach(), loss.detach()
+
 # %% ../nbs/04_train.ipynb #4581c58b
 def _param_groups(model: nn.Module, decay_bn_and_bias: bool, weight_decay: float):
     if decay_bn_and_bias:
@@ -707,9 +817,16 @@ def train(**params) -> RunRecord:
         return load_record(path)
     log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
 
-    if p["threads"]:
-        # one thread per process is much faster than two on a busy 2-core machine (OpenMP threads wait on each other)
-        torch.set_num_threads(p["threads"])
+    if p["precision"] == "bf16" and not native_bf16(device):
+        kind = device_kind(device)
+        warnings.warn(f"precision='bf16' on {kind['device_name']} ({kind['cpu_capability']}): this device has no "
+                      f"native bf16 and emulates it, about {EMULATED_BF16_SLOWDOWN}x slower than fp32 "
+                      "(README, Performance); precision='auto' picks fp32 here", stacklevel=2)
+    threads = None
+    if not device.startswith("cuda"):
+        threads = CpuThreads(p["threads"], adapt=world == 1 and not p["deterministic"]
+                             and DATASETS[p["dataset"]]["family"] == "cifar")   # loader workers would count as load
+        threads.start()
     torch.manual_seed(p["seed"])
     if p["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -751,18 +868,17 @@ def train(**params) -> RunRecord:
             start, rows, elapsed = state["iteration"], state["metrics"], state["seconds"]
             log(f"resuming {p['run_id']} at iteration {start} from {state_file}")
         return _train_loop(p, model, optimizer, source, path, rows, start, elapsed, identity_hash, device, rank,
-                           world, log)
+                           world, log, threads)
     finally:
         if lock:
             lock.release()
 
 
-def _train_loop(p, model, optimizer, source, path, rows, start, elapsed, identity_hash, device, rank, world, log):
+def _train_loop(p, model, optimizer, source, path, rows, start, elapsed, identity_hash, device, rank, world, log,
+                threads=None):
     from tqdm import tqdm
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-
-    def autocast():
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=p["precision"] == "bf16")
+    autocast = autocast_for(device, p["precision"])
     raw_model = model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device_type == "cuda" else None)
@@ -808,15 +924,9 @@ def _train_loop(p, model, optimizer, source, path, rows, start, elapsed, identit
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = next(batches)
-            x = x.contiguous(memory_format=memory_format)
-            with autocast():
-                out = step_model(x)
-                loss = F.cross_entropy(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            wrong_sum += (out.detach().argmax(1) != y).sum()
+            out, loss = train_step(step_model, optimizer, x, y, autocast, memory_format)
+            loss_sum += loss * len(y)
+            wrong_sum += (out.argmax(1) != y).sum()
             seen += len(y)
             done_it = it + 1
             if done_it % check_every == 0 or done_it == stop_at:
@@ -856,6 +966,8 @@ def _train_loop(p, model, optimizer, source, path, rows, start, elapsed, identit
                 t_last = time.perf_counter()
                 if final:
                     status = "completed"
+                elif threads is not None and (n := threads.update()) is not None:
+                    log(f"{p['run_id']}: other processes' load changed; training on with {n} thread(s)")
         else:
             if status != "completed":
                 log(f"{p['run_id']}: stopped after iteration {stop_at} (stop_after); resume by calling train again")

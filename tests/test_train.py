@@ -53,7 +53,8 @@ def test_schedules_stay_in_iterations_when_the_batch_changes():
 def test_run_id_follows_from_the_parameters_only():
     a = resolve_params(unit="preact", depth=110)
     assert a["run_id"] == resolve_params(unit="preact", depth=110, device="cpu", compile=True, progress=False)["run_id"]
-    assert a["run_id"] != resolve_params(unit="preact", depth=110, precision="fp32")["run_id"]
+    assert resolve_params(unit="preact", depth=110, precision="bf16")["run_id"] != resolve_params(
+        unit="preact", depth=110, precision="fp32")["run_id"]
     assert a["run_id"].startswith("preact-110-basic-cifar10-paper-s0-")
 
 
@@ -106,7 +107,7 @@ def test_divergence_ends_the_run_with_its_record(runs):
 BAD = [
     (dict(recipe="fast"), "unknown recipe 'fast'; valid choices: paper, official, imagenet"),
     (dict(dataset="svhn"), "unknown dataset 'svhn'; valid choices: cifar10"),
-    (dict(precision="fp16"), "unknown precision 'fp16'; valid choices: fp32, bf16"),
+    (dict(precision="fp16"), "unknown precision 'fp16'; valid choices: auto, fp32, bf16"),
     (dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
     (dict(batch_size=-128), "batch_size must be a positive whole number, got -128"),
     (dict(lr=0), "lr must be a positive finite number, got 0"),
