@@ -1,8 +1,11 @@
 """What the mini profile's choices cost: single-thread training throughput of the Table 1/2 nets at full and half
-width, on this CPU, with the trainer's fast path (bf16 autocast, channels_last) and the mini batch of 64.
+width, on this CPU, with the trainer's own step in the precision and layout it resolves to here (bf16 +
+channels_last where bf16 is native, fp32 + channels_last elsewhere) and the mini batch of 64.
 
   .venv/bin/python benchmarks/mini_cost.py                 # ResNet-110 and -164, widths 16 and 8, 3 repeats: ~5 min
-Rows go to benchmarks/mini_cost.csv. Run it on a quiet machine (other_cpu about 0): chapter 8 quotes it.
+  ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/mini_cost.py --widths 8   # AVX2 class
+Rows go to benchmarks/mini_cost.csv, each with its CPU class (cpu_capability, native_bf16, precision). Run it on a
+quiet machine (other_cpu about 0): chapter 8 quotes it.
 """
 from __future__ import annotations
 
@@ -12,25 +15,25 @@ import time
 
 import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
-import torch.nn.functional as F
 
 from _common import ROOT, LoadProbe, append_csv, machine, table, warn_if_busy
 from identity_study.models import resnet
+from identity_study.train import autocast_for, resolve_channels_last, resolve_precision, train_step
+
+PRECISION = resolve_precision("auto", "cpu")                  # what a mini run trains in on this machine
+CHANNELS_LAST = resolve_channels_last("auto", "cpu", PRECISION)
 
 
 def images_per_second(unit, depth, width, batch, steps, warmup):
     torch.manual_seed(0)
-    net = resnet(unit, depth, width=width).to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if CHANNELS_LAST else torch.contiguous_format
+    net = resnet(unit, depth, width=width).to(memory_format=memory_format)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    autocast = autocast_for("cpu", PRECISION)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, x, y, autocast, memory_format)
     for _ in range(warmup):
         step()
     t = time.perf_counter()
@@ -59,7 +62,7 @@ def main():
             for width in args.widths:
                 with LoadProbe() as probe:
                     ips = images_per_second(unit, int(depth), width, args.batch_size, args.steps, args.warmup)
-                rows.append(dict(machine(), benchmark="mini_cost", unit=unit, depth=int(depth), width=width,
+                rows.append(dict(machine(), precision=PRECISION, benchmark="mini_cost", unit=unit, depth=int(depth), width=width,
                                  batch_size=args.batch_size, repeat=repeat, images_per_second=round(ips, 1),
                                  **probe.columns()))
     append_csv(args.csv, rows)
