@@ -27,7 +27,8 @@ import torch
 
 from _common import ROOT, append_csv, machine, table, warn_if_busy
 from identity_study.models import resnet
-from identity_study.train import CpuThreads, autocast_for, resolve_channels_last, resolve_precision, train_step
+from identity_study.params import resolve_channels_last, resolve_precision
+from identity_study.train import CpuThreads, autocast_for, train_step
 
 PRECISION = resolve_precision("auto", "cpu")
 CHANNELS_LAST = resolve_channels_last("auto", "cpu", PRECISION)

@@ -49,7 +49,8 @@ from torchvision import transforms
 from _common import ROOT, LoadProbe, append_csv, machine, warn_if_busy
 from identity_study.data import DeviceCifar, cifar_dataset, device_kind, load_cifar, normalization_stats
 from identity_study.models import resnet
-from identity_study.train import autocast_for, resolve_channels_last, resolve_precision, train_step
+from identity_study.params import resolve_channels_last, resolve_precision
+from identity_study.train import autocast_for, train_step
 
 warnings.filterwarnings("ignore", message=".*rebuilt copy.*")   # the rebuilt CIFAR copy is expected here
 

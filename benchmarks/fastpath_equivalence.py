@@ -81,7 +81,7 @@ def main(argv=None):
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
         paths = list(pool.map(train_one, jobs))
 
-    from identity_study.train import load_record
+    from identity_study.records import load_record
     curves, runs = [], []
     for job, path in zip(jobs, paths):
         rec = load_record(path)

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from identity_study.train import (RECIPES, load_record, lr_at, resolve_params, train)
+from identity_study.params import RECIPES, lr_at, resolve_params
+from identity_study.records import load_record
+from identity_study.train import train
 from conftest import assert_same_run, tree
 
 TINY = dict(unit="preact", depth=20, dataset="synthetic", iterations=12, eval_every=4, batch_size=16,
@@ -102,32 +104,6 @@ def test_divergence_ends_the_run_with_its_record(runs):
     assert load_record(r.path).status == "diverged"
     again = train(**dict(TINY, unit="original", lr=1e6, warmup_iterations=0), run_dir=runs)
     assert again.summary["updated"] == r.summary["updated"]            # a diverged run is a result: not retried
-
-
-BAD = [
-    (dict(recipe="fast"), "unknown recipe 'fast'; valid choices: paper, official, imagenet"),
-    (dict(dataset="svhn"), "unknown dataset 'svhn'; valid choices: cifar10"),
-    (dict(precision="fp16"), "unknown precision 'fp16'; valid choices: auto, fp32, bf16"),
-    (dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
-    (dict(batch_size=-128), "batch_size must be a positive whole number, got -128"),
-    (dict(lr=0), "lr must be a positive finite number, got 0"),
-    (dict(lr=-0.1), "lr must be a positive finite number, got -0.1"),
-    (dict(iterations=0), "iterations must be a positive whole number, got 0"),
-    (dict(iterations=-5), "iterations must be a positive whole number, got -5"),
-    (dict(device="cuda"), "device 'cuda' was asked for, but CUDA is not available"),
-]
-
-
-@pytest.mark.parametrize("bad,message", BAD)
-def test_bad_input_fails_before_any_compute_and_leaves_nothing(bad, message, runs, monkeypatch):
-    if bad.get("device") == "cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    import identity_study.train as T
-    monkeypatch.setattr(T, "make_source", lambda *a, **k: pytest.fail("data was loaded"))
-    with pytest.raises(ValueError) as e:
-        train(**dict(TINY, **bad), run_dir=runs)
-    assert message in str(e.value)
-    assert tree(runs) == []
 
 
 def test_unwritable_run_dir_fails_before_compute(tmp_path, monkeypatch):

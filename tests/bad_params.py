@@ -1,0 +1,51 @@
+"""Every bad parameter set the suite tries, kept once: (what is wrong, the parameters over a smoke run of pre-act
+ResNet-20 on the synthetic set, what the error must say). BAD_PARAMS go through train() and through papermill;
+MORE_BAD_PARAMS through train() only (a papermill run costs a kernel start)."""
+BAD_PARAMS = [   # (what is wrong, the parameters over BASE, what the error says): through train() and papermill
+    ("unknown unit", dict(unit="resnext"), "unknown unit 'resnext'; valid choices: original"),
+    ("bad option value of a unit", dict(unit="constant_scaling", shortcut_scale="half"),
+     "option shortcut_scale='half' must be a finite number"),
+    ("option of another unit", dict(unit="preact", gate_bias=-6.0),
+     "option 'gate_bias' does not apply to unit 'preact'"),
+    ("impossible depth", dict(depth=100), "depth 100 fits no CIFAR depth formula"),
+    ("depth of a wrong type", dict(depth="abc"), "depth must be a whole number, got 'abc'"),
+    ("unknown block", dict(block="wide"), "unknown block 'wide'; valid choices: basic, bottleneck, one_layer"),
+    ("unknown dataset", dict(dataset="svhn"), "unknown dataset 'svhn'; valid choices: cifar10"),
+    ("unknown recipe", dict(recipe="fast"), "unknown recipe 'fast'; valid choices: paper, official, imagenet"),
+    ("unknown profile", dict(profile="huge"), "unknown profile 'huge'; valid choices: paper, mini, smoke"),
+    ("unknown precision", dict(precision="fp16"), "unknown precision 'fp16'; valid choices: auto, fp32, bf16"),
+    ("batch_size 0", dict(batch_size=0), "batch_size must be a positive whole number, got 0"),
+    ("negative lr", dict(lr=-0.1), "lr must be a positive finite number, got -0.1"),
+    ("iterations 0", dict(iterations=0), "iterations must be a positive whole number, got 0"),
+    ("momentum >= 1", dict(momentum=1.0), "momentum must be below 1, got 1.0"),
+    ("unknown device", dict(device="tpu"), "unknown device 'tpu'; valid choices: 'auto', 'cpu', 'cuda'"),
+    ("unknown eval_split", dict(eval_split="train"), "unknown eval_split 'train'; valid choices: test, val"),
+    ("unknown normalization", dict(normalization="zscore"), "unknown normalization 'zscore'; valid choices"),
+    ("train_subset too large", dict(train_subset=5000), "train_subset=5000 is larger than the 1024 training images"),
+    ("negative seed", dict(seed=-1), "seed must be a whole number >= 0, got -1"),
+    ("unknown parameter name", dict(learning_rate=0.1), "unknown parameter 'learning_rate'; valid parameters:"),
+    ("lr_steps that are not numbers", dict(lr_steps="[4, x]"), "lr_steps must be a list of numbers, got '[4, x]'"),
+    ("an ImageNet parameter on CIFAR", dict(augmentation="scale"), "augmentation applies to ImageNet runs only"),
+    ("a run_dir that is a file", dict(run_dir="<file>"), "cannot be written"),
+]
+MORE_BAD_PARAMS = [   # through train() only (a papermill run costs a kernel start)
+    ("option out of range", dict(unit="dropout_shortcut", dropout_p=1.5), "dropout_p=1.5 must be in [0, 1)"),
+    ("recipe of another data set", dict(recipe="imagenet"), "recipe 'imagenet' does not fit dataset 'synthetic'"),
+    ("a flag that is not a bool", dict(nesterov="yes"), "nesterov must be True or False, got 'yes'"),
+    ("iterations and epochs", dict(iterations=10, epochs=2), "give iterations or epochs, not both"),
+    ("a CIFAR parameter on ImageNet", dict(dataset="tiny_imagenet", recipe="imagenet", depth=18,
+                                           normalization="per_channel"), "normalization applies to CIFAR runs only"),
+    ("a depth of a wrong type", dict(depth=20.0), "depth must be a whole number, got 20.0"),
+    ("a non-finite lr", dict(lr=float("inf")), "lr must be a positive finite number, got inf"),
+    ("an unknown shortcut type", dict(shortcut_type="C"), "unknown shortcut_type 'C'; valid choices: A, B"),
+    ("a zero lr", dict(lr=0), "lr must be a positive finite number, got 0"),
+    ("a negative batch", dict(batch_size=-128), "batch_size must be a positive whole number, got -128"),
+    ("negative iterations", dict(iterations=-5), "iterations must be a positive whole number, got -5"),
+    ("cuda without CUDA", dict(device="cuda"), "device 'cuda' was asked for, but CUDA is not available"),
+    ("channels_last not a flag", dict(channels_last="yes"), "channels_last must be True, False or 'auto', got 'yes'"),
+    ("plugins not module names", dict(plugins=[3]), "plugins must be a list of module names, got [3]"),
+    ("a plugin that is not there", dict(plugins=["no_such_plugin_module"]),
+     "plugin 'no_such_plugin_module' could not be imported"),
+]
+assert len(BAD_PARAMS) >= 20 and len({name for name, *_ in BAD_PARAMS + MORE_BAD_PARAMS}) == len(
+    BAD_PARAMS + MORE_BAD_PARAMS)
