@@ -6,7 +6,7 @@ DATA ?= data
 export IDENTITY_STUDY_DATA ?= $(abspath $(DATA))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data main test check-export nbtest pytest lab clean-venv
+.PHONY: setup data main test check-export lint nbtest pytest lab clean-venv
 
 # a virtual environment with the pinned versions of settings.ini (and constraints.txt for everything they pull in)
 .venv/.installed: settings.ini setup.py constraints.txt
@@ -32,7 +32,11 @@ main: setup data
 test nbtest pytest: export OMP_NUM_THREADS := 1
 test: setup data
 	bash scripts/check_export.sh
-	$(MAKE) nbtest pytest
+	$(MAKE) lint nbtest pytest
+
+# ruff over what is Python source outside the notebooks: the exported package, the tests, the benchmarks
+lint:
+	.venv/bin/ruff check identity_study tests benchmarks
 
 nbtest:
 	.venv/bin/nbdev_test --n_workers 2 --timing

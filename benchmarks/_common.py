@@ -82,7 +82,7 @@ def _jiffies_of_tree(root_pid: int) -> int:
                 continue
             # after the command name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
             stats[int(d.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    tree, total, grew = {root_pid}, 0, True
+    tree, grew = {root_pid}, True
     while grew:
         grew = False
         for pid, (ppid, _) in stats.items():

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torchvision import transforms
 
 from _common import ROOT, LoadProbe, append_csv, machine, warn_if_busy
-from identity_study.data import DeviceCifar, cifar_dataset, device_kind, load_cifar, normalization_stats
+from identity_study.data import DeviceCifar, cifar_dataset, load_cifar, normalization_stats
 from identity_study.models import resnet
 from identity_study.params import resolve_channels_last, resolve_precision
 from identity_study.train import autocast_for, train_step
@@ -204,7 +204,8 @@ def main(argv=None):
         summary.append(s)
 
     env_cols = set(env)
-    print(f"\n{env['device_name']} ({env['cpu_capability']}, {precision}), {args.threads} threads, torch {env['torch']}, batch {bs}, "
+    print(f"\n{env['device_name']} ({env['cpu_capability']}, {precision}), {args.threads} threads, "
+          f"torch {env['torch']}, batch {bs}, "
           f"{args.repeats} repeats x {args.steps} steps (+{args.warmup} warm-up); load1 at start {start_load}")
     print(pd.DataFrame([{k: v for k, v in s.items() if k not in env_cols} for s in summary]).to_string(index=False))
     out = append_csv(args.csv, rows)
@@ -239,7 +240,8 @@ def layouts(args, env):
         for (prec, cl), t in times.items():
             summary.append(dict(net=f"preact-{depth}", precision=prec, channels_last=cl,
                                 images_per_second=round(bs / statistics.median(t), 1),
-                                vs_fp32_nchw=round(statistics.median(a / b for a, b in zip(times["fp32", False], t)), 2)))
+                                vs_fp32_nchw=round(statistics.median(
+                                    a / b for a, b in zip(times["fp32", False], t)), 2)))
     print(f"\n{env['device_name']} ({env['cpu_capability']}, native bf16 {env['native_bf16']}), {args.threads} "
           f"threads, batch {bs}, median of {args.repeats} repeats; vs_fp32_nchw = speed over fp32 NCHW")
     print(pd.DataFrame(summary).to_string(index=False))

@@ -31,7 +31,6 @@ from functools import partial
 
 import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
-import torch.nn.functional as F
 
 from _common import ROOT, LoadProbe, append_csv, gpu_name_without_cuda_init, machine, table
 
@@ -71,6 +70,7 @@ def measure(depth: int, compile_mode: str, segments: int, args) -> dict:
     "One configuration, in this process: warm-up steps, timed steps with the data path, timed steps without it."
     from identity_study.data import DeviceCifar, load_cifar, normalization_stats
     from identity_study.models import resnet
+    from identity_study.train import autocast_for, train_step      # the trainer's own step (no pandas needed)
     device, bs = args.device, args.batch_size
     cuda = device.startswith("cuda")
     if args.threads:
@@ -94,15 +94,11 @@ def measure(depth: int, compile_mode: str, segments: int, args) -> dict:
     step_model = compiled(model, compile_mode)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
 
-    def step(x, y):    # identity_study.train's iteration, fast path
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16):
-            out = step_model(x)
-            loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum.add_(loss.detach())
+    autocast = autocast_for(device, "bf16")
+
+    def step(x, y):    # identity_study.train's iteration in bf16 + channels_last, and the loss sum it keeps
+        _, loss = train_step(step_model, opt, x, y, autocast, torch.channels_last)
+        loss_sum.add_(loss)
 
     def timed(batches, n):
         sync()

@@ -5,7 +5,7 @@ channels_last where bf16 is native, fp32 + channels_last elsewhere) and the mini
   .venv/bin/python benchmarks/mini_cost.py                 # ResNet-110 and -164, widths 16 and 8, 3 repeats: ~5 min
   ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/mini_cost.py --widths 8   # AVX2 class
 Rows go to benchmarks/mini_cost.csv, each with its CPU class (cpu_capability, native_bf16, precision). Run it on a
-quiet machine (other_cpu about 0): chapter 8 quotes it.
+quiet machine (other_cpu about 0): chapter 10 quotes it.
 """
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ def main():
             for width in args.widths:
                 with LoadProbe() as probe:
                     ips = images_per_second(unit, int(depth), width, args.batch_size, args.steps, args.warmup)
-                rows.append(dict(machine(), precision=PRECISION, benchmark="mini_cost", unit=unit, depth=int(depth), width=width,
-                                 batch_size=args.batch_size, repeat=repeat, images_per_second=round(ips, 1),
-                                 **probe.columns()))
+                rows.append(dict(machine(), precision=PRECISION, benchmark="mini_cost", unit=unit, depth=int(depth),
+                                 width=width, batch_size=args.batch_size, repeat=repeat,
+                                 images_per_second=round(ips, 1), **probe.columns()))
     append_csv(args.csv, rows)
     summary = []
     for net in args.nets:

@@ -5,7 +5,7 @@
 # %% ../nbs/07_experiments.ipynb #cb6945f0
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -36,6 +36,19 @@ class Entry:
     @property
     def label(self):
         return f"{self.row} [{self.case}]" if self.case else self.row
+
+    def run_params(self, profile: str, seeds=range(5)) -> list:
+        """The train() parameters of this entry's runs under `profile`, one dict a seed: the one mapping from a table
+        entry to its runs, which the registry, the sweeps (chapter 8) and the figures (chapter 9) all use.
+
+        The cheaper profiles run ImageNet entries on Tiny ImageNet, and the ImageNet family runs seed 0 only: the
+        paper's ImageNet numbers are single runs."""
+        params = dict(self.params)
+        if params["dataset"] == "imagenet" and profile != "paper":
+            params["dataset"] = "tiny_imagenet"
+        if params["dataset"] in ("imagenet", "tiny_imagenet"):
+            seeds = [0]
+        return [dict(params, seed=s, profile=profile) for s in seeds]
 
 # %% ../nbs/07_experiments.ipynb #9419c8ef
 def _r110(unit, **options):
@@ -134,11 +147,7 @@ def configs(table: str, profile: str = "paper", seeds=None) -> list:
     for entry in entries:
         if profile not in entry.profiles:
             continue
-        params = dict(entry.params)
-        if params["dataset"] == "imagenet" and profile != "paper":
-            params["dataset"] = "tiny_imagenet"
-        for seed in (seeds if params["dataset"] != "imagenet" else [0]):
-            config = dict(params, seed=seed, profile=profile)
+        for config in entry.run_params(profile, seeds):
             key = resolve_params(**config)["run_id"]
             if key not in seen:
                 seen.add(key)

@@ -22,7 +22,7 @@ from .units import UNITS, load_plugins
 # %% auto #0
 __all__ = ['RECIPES', 'FAMILY_RECIPES', 'PROFILES', 'PARAMETERS', 'PARAMS', 'DEFAULTS', 'PRECISIONS', 'Param',
            'unit_option_names', 'parameter_table', 'resolve_device', 'resolve_precision', 'resolve_channels_last',
-           'resolve_params', 'lr_at', 'parameter_cell', 'write_parameter_cell']
+           'resolve_params', 'resolve', 'lr_at', 'parameter_cell', 'write_parameter_cell']
 
 # %% ../nbs/05_params.ipynb #84db7738
 RECIPES = {
@@ -261,6 +261,11 @@ def _epochs_to_iterations(p: dict, given: dict, full_train: int):
 
 def resolve_params(**params) -> dict:
     "The complete, validated parameters of a run. Raises ValueError before any compute."
+    return resolve(**params)[0]
+
+
+def resolve(**params) -> tuple:
+    "(the resolved parameters, the resolved net: chapter 2's `NetSpec`), validated before any compute."
     plugins = PARAMS["plugins"].check(params["plugins"]) if params.get("plugins") is not None else []
     load_plugins(plugins)
     unit = PARAMS["unit"].check(params.get("unit", DEFAULTS["unit"]))
@@ -318,7 +323,7 @@ def resolve_params(**params) -> dict:
         p.pop(k, None)
     p.update(spec.unit_options)
     p["run_id"] = run_id(p)
-    return p
+    return p, spec
 
 
 def _other_family(name, value, dataset, family) -> str:
@@ -364,16 +369,20 @@ def parameter_cell() -> str:
         if p.group != group:
             group = p.group
             lines.append(f"# {group}")
-        lines.append(f"{p.name} = {p.default!r}".ljust(28) + f"# {p.doc}")
+        lines.append(f"{p.name} = {_literal(p.default)}".ljust(28) + f"# {p.doc}")
         if p.name == "width":
             lines.append("# unit options (None: the unit's default; chapter 1)")
             seen = {}
             for cls in UNITS.values():
-                if getattr(cls, "builtin", False):
+                if cls.__module__ == "identity_study.units":        # built in: not a plugin this process loaded
                     for k in cls.options:
                         seen.setdefault(k, cls.name)
             lines += [f"{k} = None".ljust(28) + f"# option of {unit}" for k, unit in seen.items()]
     return "\n".join(lines)
+
+
+def _literal(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def write_parameter_cell(notebook="nbs/train.ipynb") -> bool:

@@ -20,18 +20,22 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 import identity_study
 from .data import device_kind
 
+if TYPE_CHECKING:
+    import pandas as pd     # at run time only where a record is read: the GPU machine has no pandas
+
 # %% auto #0
 __all__ = ['EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'METRIC_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT',
            'run_identity', 'identity_hash', 'run_id', 'source_fingerprint', 'module_file', 'code_fingerprint',
-           'code_differences', 'RecordWriteError', 'atomic_write', 'write_json', 'write_csv', 'FileLock',
-           'RunLockedError', 'RunLock', 'is_locked', 'RunRecord', 'load_record', 'read_status', 'archive_record',
-           'provenance', 'save_checkpoint', 'finish_interrupted_writes', 'load_checkpoint']
+           'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write', 'write_json', 'write_csv',
+           'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'RunRecord', 'load_record', 'read_status',
+           'archive_record', 'provenance', 'save_checkpoint', 'finish_interrupted_writes', 'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
@@ -86,6 +90,14 @@ def module_file(name: str) -> Path:
 def code_fingerprint(plugins=()) -> dict:
     "{module: fingerprint} of the modules that compute a run's results, plugin modules included."
     return {name: source_fingerprint(module_file(name).read_text()) for name in (*COMPUTING_MODULES, *plugins)}
+
+
+def recorded_code(path: Path) -> dict | None:
+    "The code fingerprint stored in the record at `path` (None for a record made before fingerprints)."
+    try:
+        return json.loads((Path(path) / "params.json").read_text()).get("code")
+    except (OSError, ValueError):
+        return None
 
 
 def code_differences(recorded: dict | None, now: dict) -> list:
@@ -274,7 +286,8 @@ def provenance(device: str, plugins=()) -> dict:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    import numpy, torchvision
+    import numpy
+    import torchvision
     return dict(git_commit=git("rev-parse", "HEAD") or None, git_dirty=bool(git("status", "--porcelain")),
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__, numpy=numpy.__version__,

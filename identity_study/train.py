@@ -5,7 +5,6 @@
 # %% ../nbs/06_train.ipynb #4f879f80
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -19,13 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DATASETS, device_kind, make_source, native_bf16
-from .models import build, net_spec
-from .params import lr_at, resolve_params
+from .models import build
+from .params import lr_at, resolve
 from .records import (METRIC_COLUMNS, TERMINAL_STATUSES, RecordWriteError, RunLock, RunRecord,
                                     archive_record, code_differences, code_fingerprint, finish_interrupted_writes,
                                     identity_hash, load_checkpoint, load_record, provenance, read_status,
-                                    save_checkpoint, write_csv, write_json)
-from .units import UNITS
+                                    recorded_code, save_checkpoint, write_csv, write_json)
 
 # %% auto #0
 __all__ = ['EMULATED_BF16_SLOWDOWN', 'distributed_context', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError',
@@ -170,10 +168,9 @@ def _check_writable(root: Path):
 
 def _check_code(path: Path, p: dict, finished: bool):
     "Stop before any compute when the record at `path` was computed by other code (unless the caller says so)."
-    try:
-        recorded = json.loads((path / "params.json").read_text()).get("code")
-    except (OSError, ValueError):
+    if not (path / "params.json").exists():
         return
+    recorded = recorded_code(path)
     differ = code_differences(recorded, code_fingerprint(p["plugins"]))
     if not differ or p["rerun"] or p["keep_stale"]:
         return
@@ -219,7 +216,7 @@ def train(**params) -> RunRecord:
 
     A finished run (completed or diverged) is not trained again: its stored record is returned, unless `rerun=True`.
     An unfinished one resumes from its newest good checkpoint."""
-    p = resolve_params(**params)
+    p, spec = resolve(**params)
     rank, world, device = distributed_context(p["device"])
     root = Path(p["run_dir"])
     path = root / p["run_id"]
@@ -250,9 +247,6 @@ def train(**params) -> RunRecord:
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = not p["deterministic"]
     source = make_source(p, device, rank, world)
-    spec = net_spec(p["unit"], p["depth"], p["dataset"], p["block"], preact_split=p["preact_split"],
-                    shortcut_type=p["shortcut_type"], stride_at=p["stride_at"], width=p["width"],
-                    **{k: p[k] for k in UNITS[p["unit"]].options})
     memory_format = torch.channels_last if p["channels_last"] else torch.contiguous_format
     model = build(spec).to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(_param_groups(model, p["decay_bn_and_bias"], p["weight_decay"]), lr=p["lr"],

@@ -12,7 +12,7 @@ $PM nbs/train.ipynb runs/quickstart/train-preact-20.ipynb \
     -p unit preact -p depth 20 -p profile mini -p run_dir runs/quickstart -p progress False
 
 echo "== 2/3: the figure notebook on that run"
-$PM nbs/07_figures.ipynb runs/quickstart/figures.ipynb \
+$PM nbs/09_figures.ipynb runs/quickstart/figures.ipynb \
     -p runs_dir runs/quickstart -p figures_dir figures/quickstart -p profile mini
 
 echo "== 3/3: the propagation analysis (chapter 0)"

@@ -1,4 +1,5 @@
-"The fast path follows the device: precision and layout resolved from what the hardware computes, threads from the load."
+"""The fast path follows the device: precision and layout resolved from what the hardware computes, threads from the
+load."""
 import os
 import subprocess
 import sys
@@ -117,7 +118,8 @@ def test_a_busy_core_is_left_to_its_process(monkeypatch):
         free = CpuThreads().start()          # what this machine leaves free now, before the busy process
         if free < 2:
             pytest.skip(f"only {free} core(s) free here: nothing to give up")
-        busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+        spin = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
+        busy = subprocess.Popen([sys.executable, "-c", spin])
         try:
             time.sleep(0.5)
             governor = CpuThreads()

@@ -51,7 +51,8 @@ def test_one_layer_resnet_110_has_108_units():
     (dict(dataset="mnist"), "unknown dataset 'mnist'; valid choices: cifar10, cifar100"),
     (dict(unit="original", preact_split="stage_start"), "preact_split does not apply to unit 'original'"),
     (dict(unit="preact", preact_split="always"), "unknown preact_split 'always'; valid choices: dimension_change"),
-    (dict(dataset="imagenet", depth=164), "ImageNet depth 164 is not defined; valid choices: 18, 34, 50, 101, 152, 200"),
+    (dict(dataset="imagenet", depth=164),
+     "ImageNet depth 164 is not defined; valid choices: 18, 34, 50, 101, 152, 200"),
     (dict(unit="preact", depth=56, gate_bias=-6.0), "option 'gate_bias' does not apply to unit 'preact'"),
 ])
 def test_bad_net_arguments_name_the_value_and_the_choices(kwargs, message, monkeypatch):
@@ -110,3 +111,31 @@ def test_imagenet_preact_resnet_200_shapes():
     assert shapes == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
     assert net.residual_units()[0].preact.__class__ is nn.Identity   # the stem already ends in BN-ReLU
     assert net.residual_units()[3].branch[3].stride == (2, 2)         # stride on the 3x3 (fb.resnet.torch)
+
+
+def test_init_weights_lets_each_unit_initialise_itself(monkeypatch):
+    from identity_study.models import init_weights
+    from identity_study.units import PreActUnit
+    calls = []
+    reset = PreActUnit.reset_parameters
+    monkeypatch.setattr(PreActUnit, "reset_parameters", lambda self: calls.append(self) or reset(self))
+    net = resnet("preact", 20)
+    assert calls == net.residual_units()                          # once per unit, in forward order
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(0.123)
+    init_weights(net)
+    stem = net.stem[0].weight
+    assert abs(stem.std().item() - (2.0 / (9 * 16)) ** 0.5) < 0.03      # outside the units: He, as before
+    assert net.head[-1].bias.eq(0).all() and net.head[0][0].weight.eq(1).all()
+    assert net.head[-1].weight.eq(0.123).all()                    # the classifier keeps its (default) weight
+    assert all(u.preact[0].weight.eq(1).all() and u.branch[0].weight.std() > 0.05 for u in net.residual_units())
+
+
+def test_a_seed_gives_the_same_initial_weights():
+    for unit in ("original", "exclusive_gating", "conv_shortcut", "dropout_shortcut", "preact"):
+        torch.manual_seed(0)
+        a = resnet(unit, 20).state_dict()
+        torch.manual_seed(0)
+        b = resnet(unit, 20).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), unit

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
-import pytest
 
 from identity_study.experiments import FAIL, TABLES, configs
 from identity_study.figures import gather_metrics, gather_runs, table_frame
@@ -95,7 +94,7 @@ def test_smoke_sweep_of_tables_1_and_2_and_the_figure_notebook(tmp_path):
     assert (t1.seeds == 1).all() and "missing" not in set(t1["median"])
     assert "missing" in set(table_frame("table3", frame, "smoke", seeds=[0])["median"])   # never a zero
 
-    proc = subprocess.run([*PAPERMILL, str(ROOT / "nbs/07_figures.ipynb"), str(tmp_path / "figures.ipynb"),
+    proc = subprocess.run([*PAPERMILL, str(ROOT / "nbs/09_figures.ipynb"), str(tmp_path / "figures.ipynb"),
                            "-p", "runs_dir", str(runs), "-p", "figures_dir", str(figs), "-p", "profile", "smoke"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,5 +1,8 @@
 "Tests of identity_study.propagation: the toy residual stacks and the signal-propagation profile of real nets."
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,6 +10,7 @@ import pytest
 import torch
 
 from identity_study.models import resnet
+from identity_study.units import UNITS, PreActUnit, register_unit
 from identity_study.propagation import (PROFILE_VARIANTS, ToyResidualStack, plot_propagation, profile_variants,
                                         propagation_profile, silence_residual_branches, toy_loss, variant_label)
 
@@ -133,7 +137,6 @@ def test_plot_writes_a_figure(batch, tmp_path):
 
 
 def test_profile_variants_cover_every_unit():
-    from identity_study.units import UNITS
     assert {u for u, _ in PROFILE_VARIANTS} == set(UNITS)
 
 
@@ -176,3 +179,55 @@ def test_toy_unit_rejects_unknown_options():
     with pytest.raises(ValueError, match="scales"):
         ToyResidualStack(3, scale=[0.5, 0.5])
     assert math.isclose(ToyResidualStack(2, scale=0.5, shortcut="scale").scales[1], 0.5)
+
+
+# ---- a unit the analysis has never seen: it reads the unit's hooks, not its class
+
+@pytest.fixture
+def my_units():
+    "examples/my_units.py imported afresh (it registers learned_scale and zero_init_preact), unregistered afterwards."
+    path = Path(__file__).resolve().parents[1] / "examples" / "my_units.py"
+    spec = importlib.util.spec_from_file_location("my_units", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["my_units"] = module
+    spec.loader.exec_module(module)
+    yield module
+    for name in ("learned_scale", "zero_init_preact"):
+        UNITS.pop(name, None)
+    del sys.modules["my_units"]
+
+
+@pytest.mark.parametrize("init_scale", [0.5, 0.25])
+def test_learned_scale_gains_read_its_lambda(batch, my_units, init_scale):
+    df = profile("learned_scale", batch, init_scale=init_scale)
+    same_shape = df.stage.diff() == 0
+    assert same_shape.sum() == 6
+    assert np.allclose(df.shortcut_gain[same_shape], init_scale, rtol=1e-12, atol=0)
+    assert np.allclose(df.forward_gain[same_shape], init_scale, rtol=1e-12, atol=0)
+    assert (df.shortcut_gain[[3, 6]] < init_scale).all()            # zero-padding drops the padded channels too
+
+
+def test_silenced_learned_scale_gradient_is_prod_lambda(batch, my_units):
+    df = profile("learned_scale", batch, silence=True)
+    assert np.allclose(df.grad_norm_rel, df.direct_term_rel, rtol=1e-9, atol=0)
+    g = df.grad_norm_rel.values
+    shape_keeping = [0, 1, 2, 4, 5, 7]                # x_{l+1} = λ x_l there, so ∂ℰ/∂x_l = λ ∂ℰ/∂x_{l+1}
+    assert np.allclose(g[shape_keeping] / g[[i + 1 for i in shape_keeping]], 0.5, rtol=1e-12)
+
+
+def test_zero_init_preact_profiles_like_preact_with_silenced_branches(batch, my_units):
+    "F ≡ 0 at initialisation: the measured gradient is the direct term, which is preact's identity path."
+    df = profile("zero_init_preact", batch)
+    assert np.allclose(df.grad_norm_rel, df.direct_term_rel, rtol=1e-9, atol=0)
+    assert (df.shortcut_gain[df.stage.diff() == 0] == 1).all() and (df.forward_gain[df.stage.diff() == 0] == 1).all()
+
+
+def test_an_after_addition_the_forward_skips_is_reported(batch):
+    @register_unit("test_forgets_f")
+    class ForgetsF(PreActUnit):
+        after_add = "relu"                     # declared, but PreActUnit's forward applies nothing after the sum
+    try:
+        with pytest.raises(ValueError, match="'test_forgets_f' has an after_addition that its forward does not"):
+            profile("test_forgets_f", batch)
+    finally:
+        del UNITS["test_forgets_f"]

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-from identity_study.params import RECIPES, lr_at, resolve_params
+from identity_study.params import lr_at, resolve_params
 from identity_study.records import load_record
 from identity_study.train import train
-from conftest import assert_same_run, tree
+from conftest import assert_same_run
 
 TINY = dict(unit="preact", depth=20, dataset="synthetic", iterations=12, eval_every=4, batch_size=16,
             train_subset=256, progress=False)
@@ -78,13 +77,17 @@ def test_record_files_and_contents(runs):
     assert not list(r.path.glob(".*.tmp"))
 
 
-def test_finished_run_is_not_trained_again_unless_asked(runs):
+def test_finished_run_is_not_trained_again_unless_asked(runs, monkeypatch):
+    import identity_study.train as T
+    trained, loop = [], T.Run.train
+    monkeypatch.setattr(T.Run, "train", lambda self: trained.append(self.p["run_id"]) or loop(self))
     first = train(**TINY, run_dir=runs)
     again = train(**TINY, run_dir=runs)
-    assert again.summary["updated"] == first.summary["updated"]
+    assert again.summary == first.summary and len(trained) == 1            # the stored record, not a second run
     forced = train(**TINY, run_dir=runs, rerun=True)
-    assert forced.summary["updated"] >= first.summary["updated"]
-    assert (first.path / "superseded-1" / "summary.json").exists()     # the old record is kept, not deleted
+    assert len(trained) == 2 and forced.status == "completed"
+    old = json.loads((first.path / "superseded-1" / "summary.json").read_text())
+    assert old == first.summary                                             # the old record is kept, not deleted
 
 
 @pytest.mark.parametrize("unit", ["dropout_shortcut", "preact"])
