@@ -140,3 +140,25 @@ def test_the_registry_and_the_figures_map_entries_to_the_same_runs(table, profil
                      for c in configs(table, profile, seeds=3)}
     from_figures = {i for e in TABLES[table] if profile in e.profiles for i in entry_run_ids(e, profile, range(3))}
     assert from_registry == from_figures and from_registry
+
+
+def test_sweeps_and_figures_read_records_without_the_trainer():
+    code = ("import sys, identity_study.sweep, identity_study.figures; "
+            "print('identity_study.train' in sys.modules, 'identity_study.records' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()).stdout
+    assert out.split() == ["False", "True"]
+
+
+def test_naming_an_imagenet_data_set_means_the_imagenet_recipe_scaled_with_the_profile():
+    from identity_study.data import imagenet_transforms
+    p = resolve_params(dataset="tiny_imagenet", depth=152, profile="smoke")
+    assert (p["recipe"], p["crop"], p["test_protocol"]) == ("imagenet", 56, "320@320")
+    with pytest.raises(ValueError, match="recipe 'paper' does not fit dataset 'tiny_imagenet'"):
+        resolve_params(dataset="tiny_imagenet", depth=152, recipe="paper")
+    # the test protocols scale with the crop: 320@320 at crop 56 is an 80-pixel view, never an upsampling to 320
+    sizes = {}
+    for protocol in ("224@256", "320@320"):
+        _, test = imagenet_transforms("scale", protocol, crop=p["crop"])
+        resize, center = test.transforms[0], test.transforms[1]
+        sizes[protocol] = (resize.size[0], tuple(center.size))
+    assert sizes == {"224@256": (64, (56, 56)), "320@320": (80, (80, 80))}
