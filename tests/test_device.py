@@ -53,7 +53,7 @@ def test_machines_that_resolve_differently_never_share_a_record(monkeypatch):
 
 def test_an_avx2_cap_makes_this_machine_an_avx2_one():
     "Not mocked: oneDNN and torch capped at AVX2 (how the benchmarks measure that class) resolve to fp32."
-    code = ("from identity_study.train import resolve_params; from identity_study.data import device_kind; "
+    code = ("from identity_study.params import resolve_params; from identity_study.data import device_kind; "
             "print(resolve_params(device='cpu')['precision'], device_kind('cpu')['cpu_capability'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}).stdout
