@@ -51,3 +51,19 @@ def assert_same_run(a: Path, b: Path):
     different = [k for k in sa["model"] if not torch.equal(sa["model"][k], sb["model"][k])]
     assert not different, different
     assert torch.equal(sa["rng"]["cpu"], sb["rng"]["cpu"])
+
+
+@pytest.fixture
+def my_units():
+    "examples/my_units.py imported afresh (it registers learned_scale and zero_init_preact), unregistered afterwards."
+    import importlib.util
+
+    from identity_study.units import UNITS
+    spec = importlib.util.spec_from_file_location("my_units", ROOT / "examples" / "my_units.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["my_units"] = module
+    spec.loader.exec_module(module)
+    yield module
+    for name in ("learned_scale", "zero_init_preact"):
+        UNITS.pop(name, None)
+    del sys.modules["my_units"]

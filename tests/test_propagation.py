@@ -1,8 +1,5 @@
 "Tests of identity_study.propagation: the toy residual stacks and the signal-propagation profile of real nets."
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -183,18 +180,6 @@ def test_toy_unit_rejects_unknown_options():
 
 # ---- a unit the analysis has never seen: it reads the unit's hooks, not its class
 
-@pytest.fixture
-def my_units():
-    "examples/my_units.py imported afresh (it registers learned_scale and zero_init_preact), unregistered afterwards."
-    path = Path(__file__).resolve().parents[1] / "examples" / "my_units.py"
-    spec = importlib.util.spec_from_file_location("my_units", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["my_units"] = module
-    spec.loader.exec_module(module)
-    yield module
-    for name in ("learned_scale", "zero_init_preact"):
-        UNITS.pop(name, None)
-    del sys.modules["my_units"]
 
 
 @pytest.mark.parametrize("init_scale", [0.5, 0.25])

@@ -1,6 +1,4 @@
 "Every residual unit of the paper, in every block form: builds, trains a step, behaves as its diagram says."
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,17 +122,6 @@ def test_a_new_unit_is_one_registration_away():
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "my_units.py"
 
 
-@pytest.fixture
-def my_units():
-    "examples/my_units.py imported afresh (it registers learned_scale and zero_init_preact), unregistered afterwards."
-    spec = importlib.util.spec_from_file_location("my_units", EXAMPLES)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["my_units"] = module
-    spec.loader.exec_module(module)
-    yield module
-    for name in ("learned_scale", "zero_init_preact"):
-        UNITS.pop(name, None)
-    del sys.modules["my_units"]
 
 
 @torch.no_grad()
