@@ -13,14 +13,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from scipy import stats
 
 from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
 from .params import PRECISIONS, resolve_params
 from .records import METRIC_COLUMNS, TERMINAL_STATUSES
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'FIGURES', 'gather_runs', 'gather_metrics', 'entry_run_ids', 'table_frame', 'plot_training_curves',
-           'draw_figure']
+__all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'FIGURES', 'gather_runs', 'gather_metrics', 'entry_run_ids',
+           'table_frame', 'chance_level', 'compare_groups', 'holm', 'verdict', 'plot_training_curves', 'draw_figure']
 
 # %% ../nbs/09_figures.ipynb #2264d661
 RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
@@ -122,6 +123,76 @@ def table_frame(table: str, runs: pd.DataFrame, profile: str = "paper", seeds=ra
         rows.append(row)
     frame = pd.DataFrame(rows).astype(object).fillna("")   # object first: blank cells in number columns
     return frame
+
+# %% ../nbs/09_figures.ipynb #01b857bf
+ALPHA = 0.05
+# "the same" means a difference inside these margins, fixed before looking at the runs: 5 points of test error (the
+# mini runs end at 30-70 % error), and 0.1 of training loss (they end near 1.0-1.5)
+EQUIVALENCE_MARGINS = {"final_test_error": 5.0, "early_train_loss": 0.1, "final_train_loss": 0.1}
+
+
+def chance_level(metric: str, num_classes: int = 10) -> float:
+    "What a net that predicts nothing scores: the error of a guess in %, or the loss of the uniform prediction."
+    return 100 * (1 - 1 / num_classes) if "error" in metric else math.log(num_classes)
+
+
+def compare_groups(a, b, metric: str = "final_test_error", paired: bool = False, alpha: float = ALPHA,
+                   margin: float | None = None) -> dict:
+    """`a` against `b` (one value per seed; +inf, a diverged run, counts at `chance_level`): the mean difference a - b,
+    Welch's (or, for seed-matched runs, the paired) t-test of it with its (1 - alpha) interval, and the equivalence
+    test (TOST) of |a - b| < margin."""
+    a, b = (np.asarray(x, dtype=float) for x in (a, b))
+    a, b = (np.where(np.isinf(x), chance_level(metric), x) for x in (a, b))
+    margin = EQUIVALENCE_MARGINS.get(metric) if margin is None else margin
+    out = dict(metric=metric, test="paired t" if paired else "Welch t", n_a=len(a), n_b=len(b),
+               mean_a=float(a.mean()) if len(a) else np.nan, mean_b=float(b.mean()) if len(b) else np.nan, margin=margin)
+    out["difference"] = out["mean_a"] - out["mean_b"]
+    if paired and len(a) != len(b):
+        raise ValueError(f"a paired comparison needs as many values on each side, got {len(a)} and {len(b)}")
+    if min(len(a), len(b)) < 2:
+        return dict(out, ci_low=np.nan, ci_high=np.nan, p_difference=np.nan, p_equivalence=np.nan)
+    test = (lambda x, y, **kw: stats.ttest_rel(x, y, **kw)) if paired else \
+        (lambda x, y, **kw: stats.ttest_ind(x, y, equal_var=False, **kw))
+    result = test(a, b)
+    ci = result.confidence_interval(1 - alpha)
+    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_difference=float(result.pvalue))
+    if margin is not None:
+        # TOST: difference > -margin and difference < +margin, each one-sided at alpha
+        lower = test(a + margin, b, alternative="greater").pvalue
+        upper = test(a - margin, b, alternative="less").pvalue
+        out["p_equivalence"] = float(max(lower, upper))
+    else:
+        out["p_equivalence"] = np.nan
+    return out
+
+
+def holm(p_values) -> np.ndarray:
+    "Holm's step-down adjustment: reject where the adjusted p < alpha, and the family-wise error stays <= alpha."
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p))
+    adjusted, running = np.full(len(p), np.nan), 0.0
+    m = int((~np.isnan(p)).sum())
+    for rank, i in enumerate(order[:m]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(comparison: dict, claim: str, p_adjusted: float, alpha: float = ALPHA) -> str:
+    """The verdict on `claim` — "worse" (a is worse than b), "better" (a is better) or "same" — from a comparison and
+    its Holm-adjusted p-value (of the difference test for "worse"/"better", of the equivalence test for "same")."""
+    if comparison["n_a"] == 0 or comparison["n_b"] == 0:
+        return "missing"
+    if min(comparison["n_a"], comparison["n_b"]) < 2:
+        return "inconclusive (too few seeds)"
+    if claim not in ("worse", "better", "same"):
+        raise ValueError(f"unknown claim {claim!r}; valid choices: worse, better, same")
+    if np.isnan(p_adjusted) or p_adjusted >= alpha:
+        return "inconclusive"
+    if claim == "same":
+        return "reproduced"
+    d = comparison["difference"]
+    return "reproduced" if (d > 0) == (claim == "worse") else "contradicted"
 
 # %% ../nbs/09_figures.ipynb #d9b12897
 def _curve_frame(items, labels=None) -> pd.DataFrame:

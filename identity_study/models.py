@@ -133,7 +133,7 @@ def net_spec(unit: str = "preact", depth: int = 164, dataset: str = "cifar10", b
         raise ValueError(f"option preact_split does not apply to unit {unit!r}, which has no pre-activation; "
                          f"it applies to: {_choices(preact_units)}")
     if cls.preactivation is not None:
-        preact_split = preact_split or "dimension_change"
+        preact_split = preact_split or "stage_start"
         if preact_split not in PREACT_SPLITS:
             raise ValueError(f"unknown preact_split {preact_split!r}; valid choices: {_choices(PREACT_SPLITS)}")
     if shortcut_type is not None and shortcut_type not in SHORTCUT_TYPES:

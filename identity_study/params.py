@@ -22,7 +22,7 @@ from .units import UNITS, load_plugins
 # %% auto #0
 __all__ = ['RECIPES', 'FAMILY_RECIPES', 'PROFILES', 'PARAMETERS', 'PARAMS', 'DEFAULTS', 'PRECISIONS', 'Param',
            'unit_option_names', 'parameter_table', 'resolve_device', 'resolve_precision', 'resolve_channels_last',
-           'resolve_params', 'resolve', 'lr_at', 'parameter_cell', 'write_parameter_cell']
+           'resolve_params', 'resolve', 'parameter_cell', 'write_parameter_cell']
 
 # %% ../nbs/05_params.ipynb #84db7738
 RECIPES = {
@@ -353,13 +353,6 @@ def _check_consistency(p: dict, family: str, full_train: int):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if p["batch_size"] % world:
         raise ValueError(f"batch_size={p['batch_size']} does not split over {world} processes")
-
-# %% ../nbs/05_params.ipynb #198c483f
-def lr_at(iteration: int, p: dict) -> float:
-    "The learning rate of training iteration `iteration` (0-based) under the resolved parameters `p`."
-    if iteration < p["warmup_iterations"]:
-        return p["warmup_lr"]
-    return p["lr"] * p["lr_decay"] ** sum(iteration >= s for s in p["lr_steps"])
 
 # %% ../nbs/05_params.ipynb #565199c8
 def parameter_cell() -> str:

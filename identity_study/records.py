@@ -59,7 +59,7 @@ def run_id(p: dict) -> str:
     return f"{p['unit']}-{p['depth']}-{p['block']}-{p['dataset']}-{p['profile']}-s{p['seed']}-{identity_hash(p)}"
 
 # %% ../nbs/04_records.ipynb #7735779a
-COMPUTING_MODULES = ("units", "models", "data", "params", "train")
+COMPUTING_MODULES = ("units", "models", "data", "train")
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:

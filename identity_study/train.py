@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import DATASETS, device_kind, make_source, native_bf16
 from .models import build
-from .params import lr_at, resolve
+from .params import resolve
 from .records import (METRIC_COLUMNS, TERMINAL_STATUSES, RecordWriteError, RunLock, RunRecord,
                                     archive_record, code_differences, code_fingerprint, finish_interrupted_writes,
                                     identity_hash, load_checkpoint, load_record, provenance, read_status,
@@ -27,7 +27,7 @@ from .records import (METRIC_COLUMNS, TERMINAL_STATUSES, RecordWriteError, RunLo
 
 # %% auto #0
 __all__ = ['EMULATED_BF16_SLOWDOWN', 'distributed_context', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError',
-           'evaluate', 'train', 'Run']
+           'evaluate', 'train', 'lr_at', 'Run']
 
 # %% ../nbs/06_train.ipynb #1e40cd1a
 def distributed_context(device: str):
@@ -274,6 +274,13 @@ def train(**params) -> RunRecord:
     finally:
         if lock:
             lock.release()
+
+# %% ../nbs/06_train.ipynb #198c483f
+def lr_at(iteration: int, p: dict) -> float:
+    "The learning rate of training iteration `iteration` (0-based) under the resolved parameters `p`."
+    if iteration < p["warmup_iterations"]:
+        return p["warmup_lr"]
+    return p["lr"] * p["lr_decay"] ** sum(iteration >= s for s in p["lr_steps"])
 
 # %% ../nbs/06_train.ipynb #15595077
 class Run:

@@ -196,7 +196,9 @@ def test_silenced_learned_scale_gradient_is_prod_lambda(batch, my_units):
     df = profile("learned_scale", batch, silence=True)
     assert np.allclose(df.grad_norm_rel, df.direct_term_rel, rtol=1e-9, atol=0)
     g = df.grad_norm_rel.values
-    shape_keeping = [0, 1, 2, 4, 5, 7]                # x_{l+1} = λ x_l there, so ∂ℰ/∂x_l = λ ∂ℰ/∂x_{l+1}
+    # x_{l+1} = λ x_l there, so ∂ℰ/∂x_l = λ ∂ℰ/∂x_{l+1}; unit 0 is not among them: its shortcut reads the
+    # pre-activated input (preact_split="stage_start", chapter 2)
+    shape_keeping = [1, 2, 4, 5, 7]
     assert np.allclose(g[shape_keeping] / g[[i + 1 for i in shape_keeping]], 0.5, rtol=1e-12)
 
 

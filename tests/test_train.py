@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from identity_study.params import lr_at, resolve_params
+from identity_study.params import resolve_params
+from identity_study.train import lr_at
 from identity_study.records import load_record
 from identity_study.train import train
 from conftest import assert_same_run
