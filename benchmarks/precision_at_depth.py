@@ -60,7 +60,7 @@ def run_ids(seeds) -> list:
     return out
 
 
-def train(precisions, seeds: int, runs_dir: Path, reverse: bool = False) -> int:
+def train(precisions, seeds: int, runs_dir: Path, reverse: bool = False, rerun_stale: bool = False) -> int:
     """Train the missing runs of `precisions`, one after the other in this process's lane (one thread); `reverse`
     takes the configurations from the deepest, so that a second lane on the same precision meets the first in the
     middle instead of waiting behind it."""
@@ -70,7 +70,7 @@ def train(precisions, seeds: int, runs_dir: Path, reverse: bool = False) -> int:
         for depth, row in (configs[::-1] if reverse else configs):
             cmd = [sys.executable, "-m", "identity_study.sweep", "table2", "--profile", "mini", "--seeds", str(seeds),
                    "--only", f"{row} [ResNet-{depth}]", "--set", f"precision={precision}", "--set", "threads=1",
-                   "--jobs", "1", "--runs-dir", str(runs_dir)]
+                   "--jobs", "1", "--runs-dir", str(runs_dir)] + (["--set", "rerun=true"] if rerun_stale else [])
             code = max(code, subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT).returncode)
     return code
 
@@ -139,11 +139,14 @@ def main(argv=None):
                     help="train the missing runs of these precisions first (default: both), through the sweep, in "
                          "one single-thread lane; start one process per precision for two lanes")
     ap.add_argument("--reverse", action="store_true", help="train the deepest configurations first")
+    ap.add_argument("--rerun-stale", action="store_true",
+                    help="retrain the records that older code computed (the old record is moved aside)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "precision_at_depth")
     args = ap.parse_args(argv)
-    if args.train is not None and train(args.train or PRECISIONS, args.seeds, args.runs_dir, args.reverse):
+    if args.train is not None and train(args.train or PRECISIONS, args.seeds, args.runs_dir, args.reverse,
+                                         args.rerun_stale):
         print("some runs failed: see the sweep's output above", file=sys.stderr)
     runs, curves = gather(args.runs_dir, range(args.seeds))
     if not len(runs):
