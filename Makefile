@@ -6,7 +6,8 @@ DATA ?= data
 export IDENTITY_STUDY_DATA ?= $(abspath $(DATA))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup data main test check-export lint nbtest pytest lab clean-venv
+.PHONY: setup data main test check-export lint nbtest pytest lab clean-venv system chapters check-chapters html \
+	test-browser test-slurm
 
 # a virtual environment with the pinned versions of settings.ini (and constraints.txt for everything they pull in)
 .venv/.installed: settings.ini setup.py constraints.txt
@@ -30,13 +31,14 @@ main: setup data
 # the whole test suite, as CI runs it. One thread per process: nbdev_test runs two notebooks at a time and several
 # tests run papermill kernels beside pytest, and on 2 cores OpenMP threads that share a core wait on each other.
 test nbtest pytest: export OMP_NUM_THREADS := 1
-test: setup data
+test: setup data system
 	bash scripts/check_export.sh
-	$(MAKE) lint nbtest pytest
+	$(PY) scripts/readme_results.py --check
+	$(MAKE) check-chapters lint nbtest pytest
 
 # ruff over what is Python source outside the notebooks: the exported package, the tests, the benchmarks
 lint:
-	.venv/bin/ruff check identity_study tests benchmarks
+	.venv/bin/ruff check identity_study tests benchmarks scripts
 
 nbtest:
 	.venv/bin/nbdev_test --n_workers 2 --timing
@@ -46,3 +48,32 @@ pytest:
 
 lab: setup data
 	.venv/bin/jupyter lab nbs
+
+# the Debian packages of the reader's side (graphviz for the unit diagrams, chromium, MathJax), when missing
+system:
+	bash scripts/system_packages.sh
+
+# execute the chapters on their full path and commit their outputs (ONLY="09_figures 10" for some of them)
+chapters: export OMP_NUM_THREADS := 1
+chapters: setup data system
+	$(PY) scripts/chapters.py $(ONLY)
+
+# every chapter shows the outputs of the current code: none missing, none older than the code, no machine paths
+check-chapters:
+	$(PY) scripts/check_chapters.py
+
+# the offline HTML edition of the executed chapters, in _site/
+html: setup system
+	$(PY) scripts/html_edition.py
+
+# JupyterLab and the HTML edition in Chromium, through Playwright (screenshots in .browser-shots/)
+test-browser: export OMP_NUM_THREADS := 1
+test-browser: setup data system html
+	$(PY) scripts/test_browser.py
+
+# the Slurm executor against a real one-node Slurm cluster brought up on this machine from Debian's packages
+# (scripts/slurm/cluster.sh: munge, MariaDB, slurmdbd, slurmctld, slurmd, all state in .slurm-test/), stopped again
+# however the tests end. Installs the packages when missing (root, apt-get).
+test-slurm: export OMP_NUM_THREADS := 1
+test-slurm: setup data
+	bash scripts/slurm/test.sh

@@ -18,7 +18,7 @@ import subprocess
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,11 +31,12 @@ if TYPE_CHECKING:
     import pandas as pd     # at run time only where a record is read: the GPU machine has no pandas
 
 # %% auto #0
-__all__ = ['EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'METRIC_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT',
-           'run_identity', 'identity_hash', 'run_id', 'source_fingerprint', 'module_file', 'code_fingerprint',
-           'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write', 'write_json', 'write_csv',
-           'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'RunRecord', 'load_record', 'read_status',
-           'archive_record', 'provenance', 'save_checkpoint', 'finish_interrupted_writes', 'load_checkpoint']
+__all__ = ['EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'SCHEDULER_FILE', 'METRIC_COLUMNS', 'CHECKPOINT',
+           'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id', 'source_fingerprint', 'module_file',
+           'code_fingerprint', 'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write', 'write_json',
+           'write_csv', 'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'scheduler_job', 'scheduler_log',
+           'note_attempt', 'end_attempt', 'RunRecord', 'load_record', 'read_status', 'archive_record', 'provenance',
+           'save_checkpoint', 'finish_interrupted_writes', 'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
@@ -169,6 +170,15 @@ class FileLock:
         self.fd = fd
         return True
 
+    def acquire_within(self, seconds: float, poll: float = 0.2) -> bool:
+        "Wait at most `seconds` for the lock; False if another process still holds it then."
+        deadline = time.monotonic() + seconds
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+        return True
+
     def holder(self) -> str:
         "The pid that the holding process wrote, or '?'."
         try:
@@ -217,6 +227,50 @@ def is_locked(run_path: Path) -> bool:
     "Whether some process is training the run in `run_path` right now."
     return RunLock(run_path).is_held()
 
+# %% ../nbs/04_records.ipynb #905f68fc
+SCHEDULER_FILE = "scheduler.json"
+
+
+def scheduler_job(environ=None) -> dict | None:
+    "The Slurm job this process runs in, from the environment Slurm gives a job; None outside Slurm."
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    return dict(scheduler="slurm", job_id=f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+                slurm_job_id=env["SLURM_JOB_ID"], restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
+                nodes=env.get("SLURM_JOB_NODELIST"), tasks=int(env.get("SLURM_NTASKS") or 1),
+                cluster=env.get("SLURM_CLUSTER_NAME"), partition=env.get("SLURM_JOB_PARTITION"))
+
+
+def scheduler_log(path: Path) -> dict:
+    "The starts of the run in `path` under a scheduler: {'attempts': [...], 'requeued': n}; empty outside one."
+    try:
+        log = json.loads((Path(path) / SCHEDULER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    attempts = log.get("attempts", [])
+    return dict(attempts=attempts, requeued=sum(1 for a in attempts if (a.get("restart_count") or 0) > 0))
+
+
+def note_attempt(path: Path, **fields) -> int:
+    """Append one start of the run in `path` to its scheduler log (atomically; the caller holds the run's claim)
+    with this process's Slurm job and `fields`; returns its index, for `end_attempt`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    attempts = scheduler_log(path).get("attempts", [])
+    attempts.append(dict(**(scheduler_job() or {}), hostname=platform.node(),
+                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields))
+    write_json(path / SCHEDULER_FILE, dict(attempts=attempts))
+    return len(attempts) - 1
+
+
+def end_attempt(path: Path, index: int, **outcome):
+    "Say how start `index` of the run in `path` ended."
+    attempts = scheduler_log(path).get("attempts", [])
+    attempts[index].update(ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **outcome)
+    write_json(Path(path) / SCHEDULER_FILE, dict(attempts=attempts))
+
 # %% ../nbs/04_records.ipynb #641b5621
 @dataclass
 class RunRecord:
@@ -225,6 +279,7 @@ class RunRecord:
     params: dict
     summary: dict
     metrics: "pd.DataFrame"
+    scheduler: dict = field(default_factory=dict)   # the run's starts under a batch scheduler (scheduler_log)
 
     @property
     def run_id(self):
@@ -233,6 +288,11 @@ class RunRecord:
     @property
     def status(self):
         return self.summary.get("status")
+
+    @property
+    def requeued(self) -> int:
+        "How many times a batch scheduler requeued the run (a preemption or a time limit), 0 outside one."
+        return self.scheduler.get("requeued", 0)
 
     def __repr__(self):
         s = self.summary
@@ -250,7 +310,7 @@ def load_record(path) -> RunRecord:
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
     metrics = pd.read_csv(path / "metrics.csv") if (path / "metrics.csv").exists() else pd.DataFrame(
         columns=METRIC_COLUMNS)
-    return RunRecord(path, params, summary, metrics)
+    return RunRecord(path, params, summary, metrics, scheduler_log(path))
 
 
 METRIC_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test_loss", "test_error",
@@ -293,7 +353,8 @@ def provenance(device: str, plugins=()) -> dict:
                               torchvision=torchvision.__version__, numpy=numpy.__version__,
                               identity_study=identity_study.__version__),
                 **device_kind(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
-                world_size=int(os.environ.get("WORLD_SIZE", "1")), code=code_fingerprint(plugins),
+                world_size=int(os.environ.get("WORLD_SIZE", "1")), scheduler=scheduler_job(),
+                code=code_fingerprint(plugins),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 # %% ../nbs/04_records.ipynb #0f53e936

@@ -9,24 +9,31 @@ import builtins
 import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
+import submitit
 
 import identity_study
 from .experiments import TABLES, configs
 from .params import resolve_params
-from .records import (TERMINAL_STATUSES, FileLock, code_differences, code_fingerprint, is_locked,
-                                    read_status, recorded_code)
+from .records import (TERMINAL_STATUSES, FileLock, code_differences, code_fingerprint, end_attempt,
+                                    is_locked, note_attempt, read_status, recorded_code, scheduler_log, write_json)
 
 # %% auto #0
-__all__ = ['Claim', 'train_notebook', 'run_notebook', 'sweep', 'main']
+__all__ = ['SLURM_OPTIONS', 'NODE_LOCAL_FS', 'NODE_LOCAL_DIRS', 'LIVE_STATES', 'STATUS_ORDER', 'Claim', 'train_notebook',
+           'run_notebook', 'sweep', 'slurm_minutes', 'load_site', 'slurm_options', 'SlurmError', 'node_local',
+           'check_slurm', 'RunFailedError', 'SlurmRun', 'slurm_states', 'slurm_sweep', 'follow_jobs', 'sweep_status',
+           'status_main', 'main']
 
 # %% ../nbs/08_sweep.ipynb #cbf598c7
 class Claim(FileLock):
@@ -49,8 +56,19 @@ def _die_with_parent():
     libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
-def run_notebook(params: dict, run_path: Path, env: dict | None = None, timeout: float | None = None) -> dict:
-    "Execute nbs/train.ipynb with `params`; move the executed notebook into `run_path`. Returns what happened."
+def _die_with_parent_shielded():
+    """In a Slurm job: Slurm signals every process of the job, and SIGTERM and SIGUSR2 (a preemption, a time limit)
+    are for submitit's handler in the job's own process, which requeues the job; papermill and its kernel ignore
+    them (the kernel inherits that), so that they cannot end the run first and be mistaken for its end."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def run_notebook(params: dict, run_path: Path | None, env: dict | None = None, timeout: float | None = None,
+                 shield_signals: bool = False) -> dict:
+    """Execute nbs/train.ipynb with `params`; move the executed notebook into `run_path` (None: do not keep it).
+    Returns what happened."""
     with tempfile.TemporaryDirectory(prefix="identity-study-nb-") as tmp:
         out_nb = Path(tmp) / "notebook.ipynb"
         params_file = Path(tmp) / "params.json"   # JSON is YAML, which papermill's -f reads
@@ -59,12 +77,13 @@ def run_notebook(params: dict, run_path: Path, env: dict | None = None, timeout:
                "--no-progress-bar", "--log-level", "WARNING", "--cwd", str(Path.cwd())]
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                              preexec_fn=_die_with_parent, timeout=timeout)
+                              preexec_fn=_die_with_parent_shielded if shield_signals else _die_with_parent,
+                              timeout=timeout)
         result = dict(returncode=proc.returncode, seconds=round(time.time() - t0, 1),
                       error=_last_error(proc.stderr) if proc.returncode else "")
         if out_nb.exists():
             name = "notebook.ipynb" if proc.returncode == 0 else "notebook.failed.ipynb"
-            if run_path.is_dir():
+            if run_path is not None and run_path.is_dir():
                 tmp_in_run = run_path / f".{name}.tmp"
                 tmp_in_run.write_bytes(out_nb.read_bytes())
                 os.replace(tmp_in_run, run_path / name)
@@ -78,6 +97,25 @@ def _last_error(stderr: str) -> str:
     return (errors[-1] if errors else (lines[-1] if lines else "")).strip()[:500]
 
 # %% ../nbs/08_sweep.ipynb #7fcc87ed
+def _plan(table, profile, seeds, run_dir, data_dir, overrides, only, fixed=None, defaults=None,
+          resolve_on: str | None = None) -> list:
+    """Every run of `table` under `profile` (the entries whose label contains `only`): its train() parameters and
+    run id. Every configuration is checked here, before anything runs. `fixed` wins over `overrides`, `defaults`
+    does not; `resolve_on` resolves on that device instead (a GPU run planned on a machine without one)."""
+    todo = []
+    for c in configs(table, profile, seeds):
+        entry = c.pop("entry")
+        if only and only not in entry.label:
+            continue
+        params = {**(defaults or {}), **c, **(overrides or {}), **(fixed or {}), "run_dir": str(run_dir),
+                  "progress": False}
+        if data_dir:
+            params["data_dir"] = str(data_dir)
+        resolved = resolve_params(**(params if resolve_on is None else {**params, "device": resolve_on}))
+        todo.append(dict(params=params, run_id=resolved["run_id"], row=entry.label, seed=c["seed"]))
+    return todo
+
+
 def _describe(status, summary_path: Path):
     try:
         s = json.loads(summary_path.read_text())
@@ -97,19 +135,8 @@ def sweep(table: str, profile: str = "smoke", seeds=1, run_dir: str = "runs", da
     run_dir = Path(run_dir)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
-    todo = []
-    for c in configs(table, profile, seeds):
-        entry = c.pop("entry")
-        if only and only not in entry.label:
-            continue
-        params = {**c, **(overrides or {}), "run_dir": str(run_dir), "progress": False}
-        if data_dir:
-            params["data_dir"] = str(data_dir)
-        params["device"] = "cuda" if gpus else device
-        if not gpus and jobs > 1:
-            params.setdefault("threads", max(1, (os.cpu_count() or 1) // jobs))
-        resolved = resolve_params(**params)      # every configuration is checked before anything runs
-        todo.append(dict(params=params, run_id=resolved["run_id"], row=entry.label, seed=c["seed"]))
+    todo = _plan(table, profile, seeds, run_dir, data_dir, overrides, only, fixed=dict(device="cuda" if gpus else device),
+                 defaults=dict(threads=max(1, (os.cpu_count() or 1) // jobs)) if not gpus and jobs > 1 else None)
     n = len(todo)
     log(f"sweep {table} ({profile}, seeds {seeds}): {n} runs under {run_dir}")
     results, deferred = {}, []
@@ -203,27 +230,575 @@ def _held(run_dir, job) -> bool:
         return is_locked(Path(run_dir) / job["run_id"])
     return True
 
+# %% ../nbs/08_sweep.ipynb #ceab34d4
+# what a site file and the flags may set; a site file is TOML (see the README's "On a cluster")
+SLURM_OPTIONS = dict(
+    partition="the Slurm partition (default: the cluster's default partition)",
+    account="the account to charge (sbatch --account)",
+    qos="the quality of service (sbatch --qos)",
+    constraint="node features (sbatch --constraint)",
+    gpus_per_run="GPUs for each run of an array (0: a CPU partition)",
+    cpus_per_run="CPU cores for each run (each process of a multi-process run)",
+    mem="memory per node (sbatch --mem, e.g. 32G)",
+    time="time limit of one job (Slurm's formats: MM, HH:MM:SS, D-HH:MM:SS); a job that reaches it is requeued",
+    max_parallel="at most this many runs of the array at a time",
+    max_timeouts="requeues after reaching the time limit before a run is given up (preemptions do not count)",
+    nodes="nodes of one multi-node run (DDP)",
+    gpus_per_node="GPUs per node of one multi-node run: one process each",
+    tasks_per_node="processes per node of one multi-process run (default: gpus_per_node, else 1)",
+    precision="the precision of every run (fp32 or bf16): 'auto' would be decided by the compute nodes' hardware",
+    modules="environment modules to load on the compute node (a list)",
+    setup="shell lines run on the compute node before each job (a list)",
+    claim_wait="seconds a job waits for a run that another process is training before it leaves it to that process",
+)
+_INTEGER_OPTIONS = ("gpus_per_run", "cpus_per_run", "max_parallel", "max_timeouts", "nodes", "gpus_per_node",
+                    "tasks_per_node", "claim_wait")
+_TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
+
+
+def slurm_minutes(text) -> int:
+    "Slurm's time formats ('30', '1:30:00', '2-00', '2-12:00:00') as whole minutes, rounded up."
+    m = _TIME.match(str(text).strip())
+    if not m:
+        raise ValueError(f"time {text!r} is not a Slurm time limit; valid forms: MM, MM:SS, HH:MM:SS, D-HH, "
+                         "D-HH:MM, D-HH:MM:SS")
+    d, a, b, c = (int(m[k]) if m[k] else None for k in "dabc")
+    if d is not None:           # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = ((d * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+    elif c is not None:         # HH:MM:SS
+        seconds = (a * 60 + b) * 60 + c
+    elif b is not None:         # MM:SS
+        seconds = a * 60 + b
+    else:                       # MM
+        seconds = a * 60
+    if seconds <= 0:
+        raise ValueError(f"time {text!r} is no time at all; give a positive time limit")
+    return -(-seconds // 60)
+
+
+def load_site(path) -> dict:
+    "The Slurm settings of a site file (TOML): the keys of SLURM_OPTIONS, at the top level or under [slurm]."
+    path = Path(path)
+    try:
+        site = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"site file {str(path)!r} cannot be read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"site file {str(path)!r} is not valid TOML: {e}") from None
+    site = site.get("slurm", site)
+    unknown = sorted(set(site) - set(SLURM_OPTIONS))
+    if unknown:
+        raise ValueError(f"site file {str(path)!r}: unknown setting(s) {', '.join(unknown)}; valid settings: "
+                         f"{', '.join(SLURM_OPTIONS)}")
+    return site
+
+
+def slurm_options(site: dict | None = None, **flags) -> dict:
+    "The Slurm settings of a sweep: the site file's, then the flags given (None: not given), checked."
+    opts = dict(gpus_per_run=0, cpus_per_run=1, time="1:00:00", max_timeouts=3, nodes=1, gpus_per_node=0,
+                modules=[], setup=[], claim_wait=600)
+    opts.update(site or {})
+    opts.update({k: v for k, v in flags.items() if v is not None})
+    unknown = sorted(set(opts) - set(SLURM_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown Slurm setting(s) {', '.join(unknown)}; valid settings: {', '.join(SLURM_OPTIONS)}")
+    for k in _INTEGER_OPTIONS:
+        v = opts.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{k} must be a whole number >= 0, got {v!r}")
+    for k in ("cpus_per_run", "nodes"):
+        if opts[k] < 1:
+            raise ValueError(f"{k} must be at least 1, got {opts[k]!r}")
+    for k in ("modules", "setup"):
+        if isinstance(opts[k], str) or not all(isinstance(x, str) for x in opts[k]):
+            raise ValueError(f"{k} must be a list of strings, got {opts[k]!r}")
+    opts["timeout_min"] = slurm_minutes(opts["time"])
+    if opts.get("tasks_per_node") is None:
+        opts["tasks_per_node"] = opts["gpus_per_node"] or 1
+    opts["distributed"] = opts["nodes"] > 1 or opts["tasks_per_node"] > 1
+    if opts["distributed"] and opts["gpus_per_run"]:
+        raise ValueError("a multi-process run takes --gpus-per-node (one process per GPU), not --gpus-per-run")
+    if opts["gpus_per_node"] and opts["tasks_per_node"] != opts["gpus_per_node"]:
+        raise ValueError(f"tasks_per_node ({opts['tasks_per_node']}) must equal gpus_per_node "
+                         f"({opts['gpus_per_node']}): the trainer runs one process per GPU")
+    opts["gpus"] = opts["gpus_per_node"] if opts["distributed"] else opts["gpus_per_run"]
+    if opts.get("precision") not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16 for a Slurm sweep, got {opts['precision']!r}")
+    return opts
+
+# %% ../nbs/08_sweep.ipynb #cc3c4c48
+class SlurmError(ValueError):
+    "The cluster cannot take the sweep as asked (said before anything is submitted)."
+
+
+def _slurm(*cmd, timeout: float = 30) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s: is the Slurm controller up?") from None
+
+
+# where a folder is private to one machine: what the compute nodes see there is their own folder, not this one
+NODE_LOCAL_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay"}
+NODE_LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch/local", "/local")
+
+
+def _mount_of(path: Path) -> tuple[str, str]:
+    "(mount point, file system type) of the mount that holds `path`."
+    best = ("/", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, point, fstype, *_ = line.split()
+            point = point.replace("\\040", " ")
+            if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+                best = (point, fstype)
+    except OSError:
+        pass
+    return best
+
+
+def node_local(path: Path) -> str:
+    "Why the compute nodes would not see `path` (a node-local folder), or '' when nothing says so."
+    path = Path(path).resolve()
+    point, fstype = _mount_of(path)
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp").resolve()
+    if fstype in NODE_LOCAL_FS:
+        return f"it is on a {fstype} file system ({point}), which lives in this machine's memory"
+    for d in {*NODE_LOCAL_DIRS, str(tmp)}:
+        if str(path) == d or str(path).startswith(d.rstrip("/") + "/"):
+            return f"it is under {d}, a machine's own temporary folder"
+    return ""
+
+
+def check_slurm(opts: dict, run_dir: Path, log=print) -> dict:
+    """Everything that can be checked before a submission: Slurm's commands, the partition, its GPUs and CPUs,
+    accounting (submitit reads job states through `sacct`), and whether the compute nodes can see the runs folder
+    and this checkout. Raises SlurmError naming the problem; warns (through `log`) where it cannot be sure.
+    Returns the partition's facts."""
+    missing = [c for c in ("sbatch", "sinfo", "sacct", "scontrol", "scancel") if shutil.which(c) is None]
+    if missing:
+        raise SlurmError(f"{', '.join(missing)} not found on PATH: --executor slurm submits through Slurm's commands; "
+                         "run it on a login node of the cluster (or use --executor local)")
+    out = _slurm("sinfo", "--noheader", "--format=%P|%G|%c|%D|%a|%l")
+    if out.returncode:
+        raise SlurmError(f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}")
+    partitions = {}
+    for line in out.stdout.splitlines():
+        name, gres, cpus, nodes, avail, limit = line.split("|")
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        p = partitions.setdefault(name, dict(name=name, default=default, gpus=0, cpus=0, nodes=0, avail=avail,
+                                             limit=limit))
+        p["gpus"] = max(p["gpus"], _gres_gpus(gres))
+        p["cpus"] = max(p["cpus"], int(cpus.rstrip("+") or 0))
+        p["nodes"] += int(nodes or 0)
+    if not partitions:
+        raise SlurmError("sinfo lists no partition: this cluster has nowhere to run a job")
+    name = opts.get("partition") or next((p for p in partitions.values() if p["default"]), {}).get("name")
+    if name is None:
+        raise SlurmError(f"no --partition given and the cluster has no default one; valid partitions: "
+                         f"{', '.join(partitions)}")
+    if name not in partitions:
+        raise SlurmError(f"unknown partition {name!r}; valid partitions: {', '.join(partitions)}")
+    part = partitions[name]
+    if part["avail"] not in ("up", "UP"):
+        log(f"warning: partition {name} is {part['avail']}: the jobs will wait until it is up")
+    if opts["gpus"] and not part["gpus"]:
+        gpu_parts = [p["name"] for p in partitions.values() if p["gpus"]]
+        raise SlurmError(f"{opts['gpus']} GPU(s) asked for, but partition {name!r} has no GPUs (no gpu GRES); "
+                         + (f"partitions with GPUs: {', '.join(gpu_parts)}" if gpu_parts else
+                            "no partition of this cluster has any: ask for 0 GPUs (--gpus-per-run 0)"))
+    if opts["gpus"] > part["gpus"]:
+        raise SlurmError(f"{opts['gpus']} GPUs per node asked for, but the nodes of partition {name!r} have at most "
+                         f"{part['gpus']}")
+    per_node = opts["cpus_per_run"] * (opts["tasks_per_node"] if opts["distributed"] else 1)
+    if part["cpus"] and per_node > part["cpus"]:
+        raise SlurmError(f"{per_node} CPUs per node asked for, but the nodes of partition {name!r} have at most "
+                         f"{part['cpus']}")
+    if opts["nodes"] > part["nodes"]:
+        raise SlurmError(f"{opts['nodes']} nodes asked for, but partition {name!r} has {part['nodes']}")
+    acct = _slurm("sacct", "--noheader", "--allocations", "--starttime", "now", "--format=JobID")
+    if acct.returncode:
+        raise SlurmError(f"sacct does not work here ({(acct.stderr or acct.stdout).strip()}): submitit follows "
+                         "jobs through Slurm's accounting, so the cluster needs slurmdbd (AccountingStorageType="
+                         "accounting_storage/slurmdbd)")
+    for what, folder in (("the runs folder", run_dir), ("this checkout (the training notebook)",
+                                                        train_notebook().parent.parent),
+                         ("this Python", Path(sys.executable).parent)):
+        why = node_local(folder)
+        if why:
+            log(f"warning: {what} {folder} may not be visible to the compute nodes: {why}. Put it on a file "
+                "system the nodes share (one node of a test cluster sees it, a real cluster's others do not)")
+    probe = FileLock(Path(run_dir) / ".claims" / ".flock-probe")
+    try:
+        probe.try_acquire()
+        probe.release()
+    except OSError as e:
+        raise SlurmError(f"the runs folder {run_dir} cannot be locked with flock ({e.strerror or e}): the run lock "
+                         "and the sweep's claims need it; mount the shared file system with flock support (NFS "
+                         "with locking, Lustre with -o flock)") from None
+    return part
+
+
+def _gres_gpus(gres: str) -> int:
+    "GPUs per node in a sinfo GRES field such as 'gpu:a100:4(S:0-1),shard:8' ('(null)': none)."
+    return max([int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres)] or [0])
+
+# %% ../nbs/08_sweep.ipynb #2c6b3261
+class RunFailedError(RuntimeError):
+    "A run of a Slurm sweep ended as failed (its record says why); the job is marked FAILED in Slurm's accounting."
+
+
+def _claim_within(claim: Claim, path: Path, seconds: float, poll: float = 1.0) -> bool:
+    "Take the sweep's claim of a run whose train() lock is free, waiting at most `seconds` for another process."
+    deadline = time.monotonic() + seconds
+    while True:
+        if claim.try_acquire():
+            if not is_locked(path):
+                return True
+            claim.release()
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+class SlurmRun(submitit.helpers.Checkpointable):
+    """One run of a sweep as a Slurm job, on the compute node: the local sweep's rules (skip what is finished, claim
+    the run, resume what is interrupted, record what fails), then nbs/train.ipynb through papermill as locally.
+
+    It is `Checkpointable`: on a preemption or at the time limit submitit saves this call and requeues the job, and
+    the call made again resumes the run from its newest checkpoint (the trainer's exact resumption, chapter 6).
+    With more than one process (`--nodes`, `--gpus-per-node`), every process of the job runs the notebook with
+    submitit's rendezvous in its environment and the trainer's torch.distributed path does the rest."""
+
+    def __call__(self, job: dict) -> dict:
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: what the trainer's distributed_context reads.
+            # Every process keeps all GPUs of its node visible: the trainer picks cuda:LOCAL_RANK itself
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        path = Path(job["params"]["run_dir"]) / job["run_id"]
+        start = Path(job["starts"]) / f"{env.job_id}.restart-{os.environ.get('SLURM_RESTART_COUNT', '0')}.json"
+        if env.global_rank != 0:
+            return self._follow_rank0(job, start, env.global_rank)
+        on_node = resolve_params(**job["params"])["run_id"]   # the same id as at submission, or nothing is found
+        if on_node != job["run_id"]:
+            raise ValueError(f"on node {env.hostname} the parameters resolve to run {on_node}, not to the submitted "
+                             f"{job['run_id']}: the compute node resolves a parameter otherwise (give it explicitly)")
+        claim = Claim(path.parent, job["run_id"])
+        try:
+            row, action = self._decide(job, path, claim)
+            if env.num_tasks > 1:
+                write_json(start, dict(action="train" if row is None else row["action"]))
+            if row is not None:
+                print(f"{job['run_id']}: {row['action']} ({row['status']})", flush=True)
+                return row
+            return self._train(job, path, env, action)
+        finally:
+            claim.release()
+
+    def _decide(self, job, path, claim):
+        "(None, action): this job trains the run (it holds the claim then); else (the row that says why not, None)."
+        status = read_status(path)
+        if status in TERMINAL_STATUSES:
+            stale = _stale(path, job)
+            if not stale:
+                return dict(job["row_info"], action="skipped", **_describe(status, path / "summary.json")), None
+            if not job["params"].get("rerun"):
+                return dict(job["row_info"], action="stale", **_describe(status, path / "summary.json")), None
+        if not _claim_within(claim, path, job["claim_wait"]):
+            return dict(job["row_info"], action="held", status=read_status(path) or "new",
+                        error=f"another process held the run for {job['claim_wait']} s"), None
+        status = read_status(path)     # under the claim: the process that held it may have finished it
+        if status in TERMINAL_STATUSES and not (job["params"].get("rerun") and _stale(path, job)):
+            return dict(job["row_info"], action="skipped", **_describe(status, path / "summary.json")), None
+        return None, "resumed" if status == "interrupted" else ("retried" if status == "failed" else "trained")
+
+    def _train(self, job, path, env, action):
+        attempt = note_attempt(path, action=action, processes=env.num_tasks)
+        out = run_notebook(job["params"], path, shield_signals=True)
+        status = read_status(path) or "failed"
+        if out["returncode"] != 0 and "RunLockedError" in out["error"]:
+            end_attempt(path, attempt, status=status, error=out["error"])
+            return dict(job["row_info"], action="held", status=status, error=out["error"])
+        if out["returncode"] != 0 and status not in ("failed", "interrupted"):
+            status = "failed"
+        end_attempt(path, attempt, status=status, returncode=out["returncode"], seconds=out["seconds"],
+                    **({"error": out["error"]} if out["returncode"] else {}))
+        row = dict(job["row_info"], action=action, **_describe(status, path / "summary.json"),
+                   seconds=out["seconds"], requeued=scheduler_log(path).get("requeued", 0))
+        print(f"{job['run_id']}: {action} -> {status} ({out['seconds']:.0f} s)"
+              + (f"; {out['error']}" if out["returncode"] else ""), flush=True)
+        if out["returncode"] != 0:
+            raise RunFailedError(f"run {job['run_id']} {action} -> {status}: {out['error']}")
+        return row
+
+    def _follow_rank0(self, job, start, rank):
+        "A process other than the first: train alongside it if it trains, else return what it decided."
+        deadline = time.monotonic() + job["claim_wait"] + 300
+        while not start.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process 0 of the job never said whether it trains {job['run_id']} ({start})")
+            time.sleep(0.5)
+        action = json.loads(start.read_text())["action"]
+        if action != "train":
+            return dict(job["row_info"], action=action, rank=rank)
+        out = run_notebook(job["params"], None, shield_signals=True)   # only process 0 keeps its notebook
+        if out["returncode"] != 0:
+            raise RunFailedError(f"process {rank} of run {job['run_id']}: {out['error']}")
+        return dict(job["row_info"], action="trained", rank=rank, seconds=out["seconds"])
+
+# %% ../nbs/08_sweep.ipynb #a841ce95
+# Slurm job states while a job may still run (the rest are ends: COMPLETED, FAILED, CANCELLED, TIMEOUT, ...)
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+               "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
+
+
+def slurm_states(job_ids) -> dict:
+    "{job id: Slurm state} from sacct, array elements by their own id ('123_4'), pending ones included."
+    bases = sorted({str(j).split("_")[0] for j in job_ids})
+    if not bases:
+        return {}
+    out = _slurm("sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(bases)}",
+                 "--format=JobID,State")
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        state = state.split()[0] if state.strip() else "UNKNOWN"     # 'CANCELLED by 0'
+        m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job)                 # array elements not started yet: 12_[3-5%2]
+        if m:
+            for part in m[2].split("%")[0].split(","):
+                a, _, b = part.partition("-")
+                for i in range(int(a), int(b or a) + 1):
+                    states[f"{m[1]}_{i}"] = state
+        else:
+            states[job] = state
+    # the queue itself for what is queued or running: sacct may not list a job submitted a moment ago
+    queue = _slurm("squeue", "--noheader", "--array", "--me", "--format=%i|%T")
+    for line in queue.stdout.splitlines():
+        job, _, state = line.partition("|")
+        if job.split("_")[0] in bases and state:
+            states[job] = state.strip()
+    return states
+
+
+def _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts):
+    "The runs of a Slurm sweep, resolved as the compute nodes will resolve them."
+    precision = (overrides or {}).get("precision") or opts.get("precision")
+    if precision in (None, "auto"):
+        raise ValueError("a Slurm sweep needs the precision of its runs: precision 'auto' is decided by the hardware "
+                         "that trains, and it is part of the run id, so the runs this machine would look for would "
+                         "not be the runs the compute nodes write. Give --set precision=bf16 (GPUs since A100, CPUs "
+                         "with AVX-512 BF16 or AMX) or --set precision=fp32, or `precision` in the site file")
+    device = "cuda" if opts["gpus"] else "cpu"
+    extra = dict(precision=precision, device=device)
+    if not opts["gpus"]:
+        extra["threads"] = opts["cpus_per_run"]
+    # a GPU run is resolved here as if on the CPU: what decides its id is explicit, the device only says where
+    return _plan(table, profile, seeds, run_dir, data_dir, {**extra, **(overrides or {}), "precision": precision},
+                 only, resolve_on="cpu")
+
+
+def _marker(run_dir: Path, run_id: str) -> Path:
+    "Which Slurm job a sweep last submitted for a run: runs/.slurm/jobs/<run_id>.json."
+    return Path(run_dir) / ".slurm" / "jobs" / f"{run_id}.json"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def slurm_sweep(table: str, profile: str = "smoke", seeds=1, run_dir="runs", data_dir=None,
+                overrides: dict | None = None, only: str | None = None, opts: dict | None = None,
+                dry_run: bool = False, wait: bool = False, poll: float = 5.0, log=print) -> pd.DataFrame:
+    """Submit every missing run of `table` as one Slurm job array (one multi-process job per run with `nodes` or
+    `tasks_per_node` above 1) through submitit; with `wait`, follow the jobs to their end. One row per run."""
+    if opts is None or "timeout_min" not in opts:     # settings not yet checked by slurm_options
+        opts = slurm_options(None, **(opts or {}))
+    run_dir = Path(run_dir).resolve()
+    todo = _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts)
+    part = check_slurm(opts, run_dir, log)
+    log(f"sweep {table} ({profile}, seeds {seeds}) on Slurm partition {part['name']}: {len(todo)} runs under {run_dir}")
+    lock = FileLock(run_dir / ".slurm" / "submit.lock")   # one submitting sweep at a time per runs folder
+    if not lock.acquire_within(300):
+        raise SlurmError(f"another sweep (pid {lock.holder()}) has been submitting to {run_dir} for 5 minutes")
+    rows, submit = {}, []
+    try:
+        live = slurm_states(m["job_id"] for j in todo if (m := _read_json(_marker(run_dir, j["run_id"]))))
+        for index, job in enumerate(todo, 1):
+            path, info = run_dir / job["run_id"], dict(run_id=job["run_id"], row=job["row"], seed=job["seed"])
+            tag = f"[{index}/{len(todo)}] {job['run_id']}"
+            status, marker = read_status(path), _read_json(_marker(run_dir, job["run_id"]))
+            state = live.get(marker["job_id"]) if marker else None
+            if status in TERMINAL_STATUSES and not _stale(path, job):
+                log(f"{tag}: already {status}, skipped")
+                rows[job["run_id"]] = dict(info, action="skipped", **_describe(status, path / "summary.json"))
+            elif status in TERMINAL_STATUSES and not job["params"].get("rerun"):
+                log(f"{tag}: {status}, but computed by other code: kept, not submitted; --set rerun=true trains it")
+                rows[job["run_id"]] = dict(info, action="stale", status=status)
+            elif state in LIVE_STATES:
+                log(f"{tag}: already submitted as job {marker['job_id']} ({state}), not submitted again")
+                rows[job["run_id"]] = dict(info, action="already submitted", status=status or "new",
+                                           job_id=marker["job_id"], slurm_state=state)
+            else:
+                log(f"{tag}: {'would submit' if dry_run else 'submitting'} ({status or 'new'})")
+                submit.append((index, job, info))
+        if dry_run or not submit:
+            for _, job, info in submit:
+                rows[job["run_id"]] = dict(info, action="would submit", status=read_status(
+                    run_dir / job["run_id"]) or "new")
+            return _frame(todo, rows, log)
+        executor = _slurm_executor(opts, part, run_dir, table)
+        starts = run_dir / ".slurm" / "starts"
+        starts.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".slurm" / "jobs").mkdir(parents=True, exist_ok=True)
+        specs = [dict(params=job["params"], run_id=job["run_id"], row_info=info, starts=str(starts),
+                      claim_wait=opts["claim_wait"]) for _, job, info in submit]
+        jobs = executor.map_array(SlurmRun(), specs)
+        for (_, job, info), sjob in zip(submit, jobs):
+            write_json(_marker(run_dir, job["run_id"]), dict(job_id=sjob.job_id, folder=str(sjob.paths.folder),
+                                                            submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    finally:
+        lock.release()
+    array = jobs[0].job_id.split("_")[0]
+    log(f"submitted {len(jobs)} run(s) as Slurm job {array} (logs in {run_dir / '.slurm' / (array + '_*')}); "
+        f"follow with: python -m identity_study.sweep status {table} --profile {profile} --runs-dir {run_dir}")
+    if not wait:
+        for (_, job, info), sjob in zip(submit, jobs):
+            rows[job["run_id"]] = dict(info, action="submitted", status=read_status(run_dir / job["run_id"]) or
+                                       "new", job_id=sjob.job_id)
+        return _frame(todo, rows, log)
+    for (index, job, info), sjob, row in zip(submit, jobs, follow_jobs(jobs, [j for _, j, _ in submit], poll, log)):
+        rows[job["run_id"]] = row
+    return _frame(todo, rows, log)
+
+
+def _slurm_executor(opts, part, run_dir, table):
+    executor = submitit.SlurmExecutor(folder=run_dir / ".slurm" / "%j", max_num_timeout=opts["max_timeouts"])
+    params = dict(partition=part["name"], time=opts["timeout_min"], nodes=opts["nodes"],
+                  ntasks_per_node=opts["tasks_per_node"], cpus_per_task=opts["cpus_per_run"],
+                  job_name=f"identity-study-{table}", setup=[f"module load {m}" for m in opts["modules"]]
+                  + list(opts["setup"]))
+    if opts.get("max_parallel"):
+        params["array_parallelism"] = opts["max_parallel"]
+    if opts["gpus"]:
+        params["gpus_per_node"] = opts["gpus"]
+    for k in ("account", "qos", "constraint", "mem"):
+        if opts.get(k):
+            params[k] = opts[k]
+    executor.update_parameters(**params)
+    return executor
+
+
+def follow_jobs(jobs, todo, poll: float = 5.0, log=print) -> list:
+    "Follow Slurm jobs to their end, a line per change of state; then one row per job, from its run's record."
+    last, n = {}, len(jobs)
+    while True:
+        states = slurm_states(j.job_id for j in jobs)
+        for i, (sjob, job) in enumerate(zip(jobs, todo), 1):
+            state = states.get(sjob.job_id, "UNKNOWN")
+            if state == "UNKNOWN" and sjob.paths.result_pickle.exists():
+                state = "ENDED"         # accounting has not caught up, but the job has written its result
+            if state != last.get(sjob.job_id):
+                log(f"[{i}/{n}] {job['run_id']}: job {sjob.job_id} {state}")
+                last[sjob.job_id] = state
+        if all(s not in LIVE_STATES and s != "UNKNOWN" for s in last.values()):
+            break
+        time.sleep(poll)
+    rows = []
+    for sjob, job in zip(jobs, todo):
+        path = Path(job["params"]["run_dir"]) / job["run_id"]
+        row = dict(run_id=job["run_id"], row=job["row"], seed=job["seed"], job_id=sjob.job_id,
+                   slurm_state=last[sjob.job_id])
+        result = _job_result(sjob)
+        if isinstance(result, dict):
+            row.update(result)
+        else:
+            row.update(action="failed" if result else last[sjob.job_id].lower(),
+                       **_describe(read_status(path) or "new", path / "summary.json"),
+                       **({"error": result} if result else {}))
+        row["requeued"] = scheduler_log(path).get("requeued", 0)
+        rows.append(row)
+    return rows
+
+
+def _job_result(sjob):
+    "What a finished job returned (its row), the last line of its error, or None when it left no result."
+    import submitit.core.utils as su
+    if not sjob.paths.result_pickle.exists():
+        return None
+    outcome, value = su.pickle_load(sjob.paths.result_pickle)
+    if outcome == "success":
+        return value
+    return str(value).strip().splitlines()[-1][:500] if str(value).strip() else "failed"
+
+
+def _frame(todo, rows, log) -> pd.DataFrame:
+    frame = pd.DataFrame([rows[j["run_id"]] for j in todo if j["run_id"] in rows])
+    if len(frame):
+        log(frame.drop(columns=[c for c in ("error",) if c in frame]).to_string(index=False))
+    return frame
+
+# %% ../nbs/08_sweep.ipynb #e563b07c
+STATUS_ORDER = ("done", "running", "pending", "interrupted", "failed", "cancelled", "stale", "missing")
+
+
+def _run_state(path: Path, job: dict, state: str | None) -> str:
+    "One run's state, from its record first and Slurm's accounting second."
+    status = read_status(path)
+    if status in TERMINAL_STATUSES:
+        return "stale" if _stale(path, job) else "done"
+    if state == "RUNNING" or is_locked(path) or Claim(path.parent, job["run_id"]).is_held():
+        return "running"
+    if state in LIVE_STATES:
+        return "pending"
+    if state and state.startswith("CANCELLED"):
+        return "cancelled"
+    if status == "failed" or (state and state not in ("COMPLETED", "UNKNOWN")):
+        return "failed"       # FAILED, TIMEOUT past its requeues, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, ...
+    return "interrupted" if status == "interrupted" else "missing"
+
+
+def sweep_status(table: str, profile: str = "smoke", seeds=1, run_dir="runs", overrides: dict | None = None,
+                 only: str | None = None, precision: str | None = None, log=print) -> pd.DataFrame:
+    """What became of every run of `table`: done, running, pending (in Slurm's queue), interrupted (to be resumed),
+    failed, cancelled, stale (computed by other code) or missing, from the records and from `sacct` for the jobs a
+    Slurm sweep submitted. Without a precision, a run counts under whichever of fp32 and bf16 has a record."""
+    run_dir = Path(run_dir).resolve()
+    precision = (overrides or {}).get("precision") or precision
+    candidates = [precision] if precision not in (None, "auto") else ["fp32", "bf16"]
+    plans = [_plan(table, profile, seeds, run_dir, None, {**(overrides or {}), "precision": p, "device": "cpu"},
+                   only, resolve_on="cpu") for p in candidates]
+    picked = []
+    for alternatives in zip(*plans):
+        found = [j for j in alternatives if (run_dir / j["run_id"]).exists() or _marker(run_dir, j["run_id"]).exists()]
+        picked.append(found[-1] if found else alternatives[0])
+    markers = {j["run_id"]: _read_json(_marker(run_dir, j["run_id"])) for j in picked}
+    have_slurm = any(markers.values())
+    states = slurm_states(m["job_id"] for m in markers.values() if m) if have_slurm and shutil.which("sacct") else {}
+    rows = []
+    for job in picked:
+        path, marker = run_dir / job["run_id"], markers[job["run_id"]]
+        state = states.get(marker["job_id"]) if marker else None
+        described = _describe(read_status(path), path / "summary.json")
+        rows.append(dict(run_id=job["run_id"], row=job["row"], seed=job["seed"],
+                         state=_run_state(path, job, state), record=described["status"] or "",
+                         iterations=f"{described.get('iterations_done') or 0}", job=marker["job_id"] if marker else "",
+                         slurm=state or "", requeued=scheduler_log(path).get("requeued", 0),
+                         test_error=described.get("final_test_error")))
+    frame = pd.DataFrame(rows)
+    counts = frame.state.value_counts() if len(frame) else pd.Series(dtype=int)
+    if len(frame):
+        log(frame.to_string(index=False))
+    log(f"{table} ({profile}, seeds {seeds}) under {run_dir}: " +
+        ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATUS_ORDER))
+    return frame
+
 # %% ../nbs/08_sweep.ipynb #b50e299b
-def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m identity_study.sweep",
-                                 description="Run every missing run of a table of the paper through nbs/train.ipynb.")
-    ap.add_argument("table", choices=[*TABLES, "all"])
-    ap.add_argument("--profile", default="smoke", choices=["paper", "mini", "smoke"])
-    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 5, the paper's median of 5)")
-    ap.add_argument("--runs-dir", default=os.environ.get("IDENTITY_STUDY_RUNS", "runs"))
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--gpus", default=None, help="comma-separated GPU indices: one run per GPU at a time")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at a time on the CPU (each gets cores/jobs threads)")
-    ap.add_argument("--only", default=None, help="only entries whose label contains this text")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a train() parameter for every run (value parsed as JSON when it can be); "
-                         "rerun=true retrains the records that other code computed")
-    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="a module that registers units (chapter 1), imported here and by every run")
-    ap.add_argument("--dry-run", action="store_true")
-    args = ap.parse_args(argv)
+def _overrides(args) -> dict:
     overrides = {}
     for item in args.set:
         name, _, value = item.partition("=")
@@ -233,13 +808,93 @@ def main(argv=None):
             overrides[name] = value
     if args.plugin:
         overrides["plugins"] = args.plugin
+    return overrides
+
+
+def _common(ap):
+    ap.add_argument("table", choices=[*TABLES, "all"])
+    ap.add_argument("--profile", default="smoke", choices=["paper", "mini", "smoke"])
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 5, the paper's median of 5)")
+    ap.add_argument("--runs-dir", default=os.environ.get("IDENTITY_STUDY_RUNS", "runs"))
+    ap.add_argument("--only", default=None, help="only entries whose label contains this text")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a train() parameter for every run (value parsed as JSON when it can be); "
+                         "rerun=true retrains the records that other code computed")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="a module that registers units (chapter 1), imported here and by every run")
+    ap.add_argument("--site", default=None, metavar="FILE", help="a TOML file of Slurm settings (see the README)")
+
+
+# the flags of the Slurm executor, with the SLURM_OPTIONS key each one sets
+_SLURM_FLAGS = [("--partition", str), ("--account", str), ("--qos", str), ("--constraint", str),
+                ("--gpus-per-run", int), ("--cpus-per-run", int), ("--mem", str), ("--time", str),
+                ("--max-parallel", int), ("--max-timeouts", int), ("--nodes", int), ("--gpus-per-node", int),
+                ("--tasks-per-node", int), ("--claim-wait", int)]
+
+
+def status_main(argv) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m identity_study.sweep status",
+                                 description="What became of every run of a table: done, running, pending, "
+                                             "interrupted, failed, cancelled, stale or missing.")
+    _common(ap)
+    args = ap.parse_args(argv)
     try:
-        frame = sweep(args.table, args.profile, args.seeds if args.seeds is not None else 5, args.runs_dir,
-                      args.data_dir, args.device, args.gpus.split(",") if args.gpus else None, args.jobs, overrides,
-                      args.only, args.dry_run)
+        site = load_site(args.site) if args.site else {}
+        sweep_status(args.table, args.profile, args.seeds if args.seeds is not None else 5, args.runs_dir,
+                     _overrides(args), args.only, precision=site.get("precision"))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    failed = len(frame) and (frame.status == "failed").sum()
+    return 0
+
+
+def main(argv=None):
+    import argparse
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m identity_study.sweep",
+                                 description="Run every missing run of a table of the paper through nbs/train.ipynb "
+                                             "(`status TABLE` reports on them).")
+    _common(ap)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--executor", default="local", choices=["local", "slurm"],
+                    help="local: a pool of processes on this machine; slurm: one Slurm job array through submitit")
+    ap.add_argument("--dry-run", action="store_true")
+    local = ap.add_argument_group("local executor")
+    local.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
+    local.add_argument("--gpus", default=None, help="comma-separated GPU indices: one run per GPU at a time")
+    local.add_argument("--jobs", type=int, default=None, help="runs at a time on the CPU (each gets cores/jobs threads)")
+    slurm = ap.add_argument_group("Slurm executor (flags win over the --site file)")
+    for flag, kind in _SLURM_FLAGS:
+        slurm.add_argument(flag, type=kind, default=None, help=SLURM_OPTIONS[flag[2:].replace("-", "_")])
+    slurm.add_argument("--wait", action="store_true", help="follow the jobs to their end, a line per change of state")
+    slurm.add_argument("--poll", type=float, default=5.0, help="seconds between looks at the jobs with --wait")
+    args = ap.parse_args(argv)
+    overrides = _overrides(args)
+    seeds = args.seeds if args.seeds is not None else 5
+    slurm_given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+    slurm_given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
+    try:
+        if args.executor == "local":
+            if slurm_given:
+                raise ValueError(f"{', '.join(slurm_given)} only apply to --executor slurm")
+            frame = sweep(args.table, args.profile, seeds, args.runs_dir, args.data_dir, args.device or "auto",
+                          args.gpus.split(",") if args.gpus else None, args.jobs or 1, overrides, args.only,
+                          args.dry_run)
+        else:
+            local_given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
+            if local_given:
+                raise ValueError(f"{', '.join(local_given)} only apply to --executor local; on Slurm, say "
+                                 "--gpus-per-run, --cpus-per-run, --max-parallel")
+            site = load_site(args.site) if args.site else {}
+            opts = slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
+                                          for f, _ in _SLURM_FLAGS})
+            frame = slurm_sweep(args.table, args.profile, seeds, args.runs_dir, args.data_dir, overrides, args.only,
+                                opts, args.dry_run, args.wait, args.poll)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    failed = len(frame) and ((frame.status == "failed") | (frame.get("action", pd.Series(dtype=str)) == "failed")).sum()
     return 1 if failed else 0
 
 
