@@ -252,26 +252,34 @@ def open_notebook(page, url: str, token: str, rel: str):
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator, .jp-Toolbar", timeout=TIMEOUT_MS)
 
 
+@contextlib.contextmanager
+def lab_page(browser, url: str, token: str, results: Results, label: str, shot_name: str):
+    """A JupyterLab page for one check: a page that fails to open or to run is a failure of this check (with its
+    screenshot), not of all; the page and the kernels it started are closed whatever happens."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        yield page
+    except Exception as e:
+        with contextlib.suppress(Exception):
+            shot(page, shot_name)
+        results.check(label, [f"{type(e).__name__}: {e}"])
+    finally:
+        page.close()
+        shut_down_kernels(url, token)
+
+
 def check_chapters_in_lab(browser, url, token, results: Results, only=None):
     for path in chapters():
         if only and path.stem not in only:
             continue
         nb = json.loads(path.read_text(encoding="utf-8"))
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
+        with lab_page(browser, url, token, results, f"JupyterLab {path.stem}", f"lab-{path.stem}") as page:
             open_notebook(page, url, token, f"nbs/{path.name}")
             problems, state = page_problems(page, nb, ".jp-RenderedMarkdown",
                                             ".jp-OutputArea-output", ".jp-RenderedMarkdown :is(h1,h2,h3,h4,h5,h6)")
             shot(page, f"lab-{path.stem}", at_first_figure=not problems)
             results.check(f"JupyterLab {path.stem}: {state['math']} formulas, {len(state['images'])} images",
                           problems)
-        except Exception as e:          # a page that does not even open is a failure of this chapter, not of all
-            with contextlib.suppress(Exception):
-                shot(page, f"lab-{path.stem}")
-            results.check(f"JupyterLab {path.stem}", [f"{type(e).__name__}: {e}"])
-        finally:
-            page.close()
-            shut_down_kernels(url, token)
 
 
 def wait_kernel_idle(url: str, token: str, timeout_s: float = 120):
@@ -332,8 +340,7 @@ def check_train_notebook(browser, url, token, results: Results, workdir: Path):
         return text
 
     for case, unit, run_dir in (("smoke", '"preact"', workdir / "runs-smoke"), ("bad", '"nope"', workdir / "runs-bad")):
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
+        with lab_page(browser, url, token, results, f"JupyterLab train.ipynb ({case})", f"lab-train-{case}") as page:
             open_notebook(page, url, token, "nbs/train.ipynb")
             wait_kernel_idle(url, token)
             cell = page.locator(".jp-Notebook .jp-CodeCell").first
@@ -364,13 +371,6 @@ def check_train_notebook(browser, url, token, results: Results, workdir: Path):
                 if run_dir.exists() and any(run_dir.iterdir()):
                     problems.append(f"the bad run wrote into its runs folder: {sorted(os.listdir(run_dir))}")
                 results.check("JupyterLab train.ipynb, unit = \"nope\": the error is shown, nothing written", problems)
-        except Exception as e:
-            with contextlib.suppress(Exception):
-                shot(page, f"lab-train-{case}")
-            results.check(f"JupyterLab train.ipynb ({case})", [f"{type(e).__name__}: {e}"])
-        finally:
-            page.close()
-            shut_down_kernels(url, token)
 
 
 @contextlib.contextmanager
