@@ -25,7 +25,7 @@ import submitit
 
 import identity_study
 from .experiments import TABLES, configs
-from .params import resolve_params
+from .params import PARAMS, resolve_params
 from .records import (TERMINAL_STATUSES, FileLock, code_differences, code_fingerprint, end_attempt,
                                     is_locked, note_attempt, read_status, recorded_code, scheduler_log, write_json)
 
@@ -584,12 +584,14 @@ def slurm_states(job_ids) -> dict:
 
 def _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts):
     "The runs of a Slurm sweep, resolved as the compute nodes will resolve them."
-    precision = (overrides or {}).get("precision") or opts.get("precision")
-    if precision in (None, "auto"):
-        raise ValueError("a Slurm sweep needs the precision of its runs: precision 'auto' is decided by the hardware "
-                         "that trains, and it is part of the run id, so the runs this machine would look for would "
-                         "not be the runs the compute nodes write. Give --set precision=bf16 (GPUs since A100, CPUs "
-                         "with AVX-512 BF16 or AMX) or --set precision=fp32, or `precision` in the site file")
+    # the default (fp32) means the same on every node; 'auto' would be decided by the node that trains
+    precision = (overrides or {}).get("precision") or opts.get("precision") or PARAMS["precision"].default
+    if precision == "auto":
+        raise ValueError("a Slurm sweep needs a precision the login node can decide: precision 'auto' is decided by "
+                         "the hardware that trains, and it is part of the run id, so the runs this machine would look "
+                         "for would not be the runs the compute nodes write. Give --set precision=bf16 (GPUs since "
+                         "A100, CPUs with AVX-512 BF16 or AMX) or --set precision=fp32 (the default), or `precision` "
+                         "in the site file")
     device = "cuda" if opts["gpus"] else "cpu"
     extra = dict(precision=precision, device=device)
     if not opts["gpus"]:

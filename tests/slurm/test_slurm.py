@@ -21,7 +21,7 @@ from identity_study.sweep import Claim, slurm_states
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_CONF = os.environ.get("SLURM_CONF", "")
-# every run: synthetic data, a net of 8 layers, a handful of iterations, fp32 (a Slurm sweep names its precision)
+# every run: synthetic data, a net of 8 layers, a handful of iterations, fp32
 SMALL = dict(dataset="synthetic", depth=8, iterations=8, eval_every=4, precision="fp32")
 # the exact mode of the local resume (tests/test_faults.py): CPU, fp32, deterministic, one thread; long enough to be
 # caught between two checkpoints
@@ -268,13 +268,13 @@ def _main(argv, monkeypatch, capsys, **env):
     ("unknown partition", ["--partition", "nope"], {}, "unknown partition 'nope'; valid partitions: debug"),
     ("GPUs of a CPU partition", ["--gpus-per-run", "1"], {}, "partition 'debug' has no GPUs"),
     ("more CPUs than a node has", ["--cpus-per-run", "64"], {}, "have at most"),
-    ("no precision", None, {}, "needs the precision of its runs"),
+    ("precision auto", None, {}, "needs a precision the login node can decide"),
     ("a local flag", ["--jobs", "2"], {}, "--jobs only apply to --executor local"),
     ("a bad time", ["--time", "6h"], {}, "not a Slurm time limit"),
 ])
 def test_bad_input_is_refused_before_anything_is_submitted(work, monkeypatch, capsys, case, extra, env, message):
     runs = work / "runs"
-    sets = {k: v for k, v in SMALL.items() if k != "precision"} if extra is None else SMALL
+    sets = dict(SMALL, precision="auto") if extra is None else SMALL
     before = _submitted_count()
     code, _ = _main(sweep_cmd(runs, CONSTANT_SCALING, sets, *(extra or [])), monkeypatch, capsys, **env)
     assert isinstance(code, str) and code.startswith("error: ") and message in code, code
@@ -288,6 +288,23 @@ def test_a_cluster_without_accounting_is_refused(work, tmp_path, monkeypatch, ca
                     + "AccountingStorageType=accounting_storage/none\n")
     code, _ = _main(sweep_cmd(work / "runs", CONSTANT_SCALING), monkeypatch, capsys, SLURM_CONF=str(conf))
     assert isinstance(code, str) and "sacct does not work here" in code and "slurmdbd" in code, code
+
+
+def test_without_a_precision_the_runs_take_the_default(work, monkeypatch, capsys):
+    "The default precision (fp32) means the same on every node: the plan uses it, and the run ids say so."
+    sets = {k: v for k, v in SMALL.items() if k != "precision"}
+    code, out = _main(sweep_cmd(work / "runs", CONSTANT_SCALING, sets, "--dry-run"), monkeypatch, capsys)
+    assert code == 0, out
+    from identity_study.params import PARAMS
+    default = PARAMS["precision"].default
+    assert default != "auto" and out.count(": would submit (new)") == 3, out
+
+    def ids(text):
+        return sorted(re.findall(r"\] (\S+): would submit", text))
+
+    code, out_explicit = _main(sweep_cmd(work / "runs", CONSTANT_SCALING, dict(SMALL, precision=default),
+                                         "--dry-run"), monkeypatch, capsys)
+    assert ids(out) == ids(out_explicit) and len(ids(out)) == 3, (out, out_explicit)
 
 
 def test_a_node_local_runs_folder_is_warned_of(tmp_path, monkeypatch, capsys):
