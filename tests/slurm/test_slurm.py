@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from identity_study.params import PARAMS
 from identity_study.records import is_locked, load_record, read_status
 from identity_study.sweep import Claim, slurm_states
 
@@ -295,7 +296,6 @@ def test_without_a_precision_the_runs_take_the_default(work, monkeypatch, capsys
     sets = {k: v for k, v in SMALL.items() if k != "precision"}
     code, out = _main(sweep_cmd(work / "runs", CONSTANT_SCALING, sets, "--dry-run"), monkeypatch, capsys)
     assert code == 0, out
-    from identity_study.params import PARAMS
     default = PARAMS["precision"].default
     assert default != "auto" and out.count(": would submit (new)") == 3, out
 
@@ -304,6 +304,7 @@ def test_without_a_precision_the_runs_take_the_default(work, monkeypatch, capsys
 
     code, out_explicit = _main(sweep_cmd(work / "runs", CONSTANT_SCALING, dict(SMALL, precision=default),
                                          "--dry-run"), monkeypatch, capsys)
+    assert code == 0, out_explicit
     assert ids(out) == ids(out_explicit) and len(ids(out)) == 3, (out, out_explicit)
 
 
