@@ -22,12 +22,14 @@ import torchvision
 from torchvision.datasets import CIFAR10, CIFAR100
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'DATASETS', 'VAL_SIZE', 'CIFAR', 'LOCAL_MD5_FILE', 'NORMALIZATIONS', 'EVAL_SPLITS', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'IMAGENET_AUGMENTATIONS', 'IMAGENET_TESTS', 'DataError', 'data_root', 'cifar_files_status',
-           'cifar_dataset', 'load_cifar', 'prepare_from_shared', 'normalization_stats', 'random_crop_flip',
-           'DeviceCifar', 'device_name', 'native_bf16', 'device_kind', 'cifar_splits', 'synthetic_splits', 'Lighting',
-           'imagenet_transforms', 'EpochSampler', 'imagenet_loaders', 'imagenet_folders_from_tiny', 'DataSource',
-           'CifarSource', 'FolderSource', 'make_source', 'main']
+__all__ = ['DATA_ENV', 'DATASETS', 'VAL_SIZE', 'CIFAR', 'LOCAL_MD5_FILE', 'NORMALIZATIONS', 'ONEDNN_CAPS_WITHOUT_BF16',
+           'EVAL_SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_AUGMENTATIONS', 'IMAGENET_TESTS', 'DataError',
+           'data_root', 'cifar_files_status', 'cifar_dataset', 'load_cifar', 'prepare_from_shared',
+           'normalization_stats', 'random_crop_flip', 'DeviceCifar', 'device_name', 'native_bf16', 'device_kind',
+           'set_fp32_math', 'fp32_math', 'device_software', 'cifar_splits', 'synthetic_splits', 'lighting',
+           'imagenet_normalize', 'imagenet_transforms', 'EpochSampler', 'imagenet_loaders',
+           'imagenet_folders_from_tiny', 'DataSource', 'CifarSource', 'default_workers', 'FolderSource', 'make_source',
+           'main']
 
 # %% ../nbs/03_data.ipynb #75589353
 DATA_ENV = "IDENTITY_STUDY_DATA"
@@ -142,7 +144,9 @@ def cifar_dataset(name: str, data_dir=None, train: bool = True):
             warnings.warn(f"{name} under {root} is a rebuilt copy (its md5s cannot match the official files): "
                           "numbers are not bit-comparable with runs on the official CIFAR files.", stacklevel=2)
         cls = _rebuilt_class(cls, root)
-    # cifar_files_status has just checked every file's md5: torchvision need not read them all again
+    # cifar_files_status has just checked every file's md5: torchvision need not read them all again. The hook is
+    # private to torchvision; in a version without it this override does nothing and torchvision checks the same md5s
+    # itself (the rebuilt ones included, through _rebuilt_class): slower, the same answer.
     checked = type(cls.__name__, (cls,), {"_check_integrity": lambda self: True})
     return checked(root, train=train, download=False)
 
@@ -242,11 +246,13 @@ class DeviceCifar:
         return x, self.labels[index]
 
     def eval_batches(self, batch_size: int = 1000):
-        "The whole split in order, normalised, not augmented; this rank's contiguous shard."
-        shard = torch.arange(len(self)).tensor_split(self.world_size)[self.rank]
-        for chunk in shard.split(batch_size):
-            chunk = chunk.to(self.device)
-            yield self.normalize(self.images[chunk]), self.labels[chunk]
+        "The whole split in order, normalised, not augmented; this rank's contiguous shard, as slices on the device."
+        shard = torch.arange(len(self)).tensor_split(self.world_size)[self.rank]      # host-side bounds only
+        lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            yield self.normalize(self.images[start:stop]), self.labels[start:stop]
+
 
 # %% ../nbs/03_data.ipynb #f00205e3
 def device_name(device: str) -> str:
@@ -263,14 +269,51 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 # %% ../nbs/03_data.ipynb #21e2bad9
+def _cpu_flags() -> set:
+    "The instruction-set flags of /proc/cpuinfo (empty off Linux)."
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# the values of ONEDNN_MAX_CPU_ISA under which oneDNN computes no bf16 in hardware
+ONEDNN_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def _torch_check(name: str, *owners):
+    """torch's own check `name` (private: `torch.ops.mkldnn._is_mkldnn_bf16_supported`, `torch.cpu._is_*`), or None
+    where this torch version no longer has it; callers then fall back to the CPU's flags."""
+    for owner in owners:
+        try:
+            check = getattr(owner, name, None)
+            if check is not None:
+                return bool(check())
+        except (AttributeError, RuntimeError):
+            pass
+    return None
+
+
 def native_bf16(device: str) -> bool:
     "Whether `device` ('cpu', 'cuda', 'cuda:N') computes bf16 in hardware rather than emulating it."
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    onednn = _torch_check("_is_mkldnn_bf16_supported", torch.ops.mkldnn)
+    if onednn is None:       # without oneDNN's check, honour its ISA cap ourselves (the benchmarks' AVX2 class)
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+        onednn = not (x86 and cap in ONEDNN_CAPS_WITHOUT_BF16)
+    if not onednn:
         return False
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if x86:
+        flags = _cpu_flags()
+        avx512 = _torch_check("_is_avx512_bf16_supported", torch.cpu)
+        amx = _torch_check("_is_amx_tile_supported", torch.cpu)
+        return bool((avx512 if avx512 is not None else "avx512_bf16" in flags)
+                    or (amx if amx is not None else "amx_bf16" in flags))
     return True      # aarch64: oneDNN's check is the BF16 extension itself
 
 
@@ -282,6 +325,62 @@ def device_kind(device: str) -> dict:
                     native_bf16=native_bf16(device))
     return dict(device_name=device_name(device), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 native_bf16=native_bf16(device))
+
+
+# %% ../nbs/03_data.ipynb #b721f707
+def _fp32_flags(device: str) -> dict:
+    "The flag objects that decide the fp32 arithmetic of matrix products and convolutions on `device`."
+    b = torch.backends
+    if device.startswith("cuda"):
+        return dict(matmul=b.cuda.matmul, conv=b.cudnn.conv)
+    return dict(matmul=b.mkldnn.matmul, conv=b.mkldnn.conv)
+
+
+def set_fp32_math(device: str, precision: str) -> dict:
+    "Make fp32 matrix products and convolutions IEEE fp32, or TF32 for `precision='tf32'`; returns `fp32_math`."
+    mode = "tf32" if precision == "tf32" else "ieee"
+    flags = _fp32_flags(device)
+    if all(hasattr(f, "fp32_precision") for f in flags.values()):
+        for f in flags.values():
+            f.fp32_precision = mode
+    elif device.startswith("cuda"):      # torch before the fp32_precision API
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    return fp32_math(device)
+
+
+def fp32_math(device: str) -> dict:
+    "How `device` computes fp32 matrix products and convolutions now ('ieee' or 'tf32'), read back from torch's flags."
+    out = {}
+    for op, f in _fp32_flags(device).items():
+        mode = getattr(f, "fp32_precision", None)
+        if mode is None:
+            legacy = torch.backends.cuda.matmul if op == "matmul" else torch.backends.cudnn
+            mode = "tf32" if device.startswith("cuda") and legacy.allow_tf32 else "ieee"
+        # "none" inherits the backend's setting, whose own "none" is torch's global default, IEEE
+        if mode == "none":
+            mode = getattr(torch.backends, "fp32_precision", "none")
+        out[op] = "ieee" if mode == "none" else mode
+    return out
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.split("\n")[0].strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_software(device: str) -> dict:
+    "The fp32 math mode and, on CUDA, the CUDA, cuDNN, NCCL and driver versions, for run records."
+    out = dict(fp32_math=fp32_math(device))
+    if device.startswith("cuda"):
+        nccl = torch.cuda.nccl.version() if hasattr(torch.cuda, "nccl") else None
+        out.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   nccl=".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl, driver=_driver_version())
+    return out
+
 
 # %% ../nbs/03_data.ipynb #376ae224
 EVAL_SPLITS = ("test", "val")
@@ -330,16 +429,21 @@ _PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 _PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 
 
-class Lighting(torch.nn.Module):
-    "AlexNet-style PCA lighting noise (fb.resnet.torch `Lighting(0.1, ...)`) on a float image tensor in [0, 1]."
-    def __init__(self, alphastd: float = 0.1):
-        super().__init__()
-        self.alphastd = alphastd
+def lighting(x: torch.Tensor, generator: torch.Generator, alphastd: float = 0.1) -> torch.Tensor:
+    "AlexNet-style PCA lighting noise (fb.resnet.torch `Lighting(0.1, ...)`) on a float batch in [0, 1], per image."
+    alpha = torch.randn(len(x), 3, generator=generator, device=x.device) * alphastd
+    rgb = (alpha * _PCA_EIGVAL.to(x.device)) @ _PCA_EIGVEC.to(x.device).T
+    return x + rgb[:, :, None, None].to(x.dtype)
 
-    def forward(self, img):
-        alpha = torch.randn(3) * self.alphastd
-        rgb = _PCA_EIGVEC @ (alpha * _PCA_EIGVAL)
-        return img + rgb.view(3, 1, 1).to(img.dtype)
+
+def imagenet_normalize(x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    "A uint8 batch from the loader as the net's input, on the batch's device; PCA lighting when given a generator."
+    x = x_uint8.float() / 255
+    if generator is not None:
+        x = lighting(x, generator)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _scaled(size: int, crop: int) -> int:
@@ -347,23 +451,22 @@ def _scaled(size: int, crop: int) -> int:
 
 
 def imagenet_transforms(augmentation: str = "scale", test: str = "320@320", crop: int = 224):
-    "(train transform, test transform) for ImageNet-style folders, sizes scaled by crop / 224."
+    """(train transform, test transform) for ImageNet-style folders, sizes scaled by crop / 224. Both end in uint8
+    tensors: the loader's workers send a quarter of the bytes that float32 would be, and `imagenet_normalize` turns
+    them into the net's input on the device (with the PCA lighting of `scale_aspect`, which needs floats)."""
     if augmentation not in IMAGENET_AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augmentation!r}; valid choices: {', '.join(IMAGENET_AUGMENTATIONS)}")
     if test not in IMAGENET_TESTS:
         raise ValueError(f"unknown test protocol {test!r}; valid choices: {', '.join(IMAGENET_TESTS)}")
-    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if augmentation == "scale":
         sides = list(range(_scaled(256, crop), _scaled(480, crop) + 1))
         train = v2.Compose([v2.RandomShortestSize(min_size=sides, antialias=True), v2.RandomCrop(crop),
-                            v2.RandomHorizontalFlip(), *to_tensor, normalize])
+                            v2.RandomHorizontalFlip(), v2.ToImage()])
     else:
         train = v2.Compose([v2.RandomResizedCrop(crop, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-                            v2.ColorJitter(0.4, 0.4, 0.4), *to_tensor, Lighting(0.1), v2.RandomHorizontalFlip(),
-                            normalize])
+                            v2.ColorJitter(0.4, 0.4, 0.4), v2.RandomHorizontalFlip(), v2.ToImage()])
     test_crop, test_side = (_scaled(s, crop) for s in IMAGENET_TESTS[test])
-    test_tf = v2.Compose([v2.Resize(test_side, antialias=True), v2.CenterCrop(test_crop), *to_tensor, normalize])
+    test_tf = v2.Compose([v2.Resize(test_side, antialias=True), v2.CenterCrop(test_crop), v2.ToImage()])
     return train, test_tf
 
 # %% ../nbs/03_data.ipynb #687832e7
@@ -391,7 +494,8 @@ class EpochSampler(torch.utils.data.Sampler):
 def imagenet_loaders(root, batch_size: int = 256, workers: int = 8, augmentation: str = "scale",
                      test: str = "320@320", crop: int = 224, seed: int = 0, rank: int = 0, world_size: int = 1,
                      pin_memory: bool = False, eval_batch_size: int | None = None):
-    "(train DataLoader, test DataLoader, train sampler) over `root/train` and `root/val` in ImageFolder layout."
+    """(train DataLoader, test DataLoader, train sampler) over `root/train` and `root/val` in ImageFolder layout; the
+    batches are uint8 (`imagenet_normalize` makes them the net's input)."""
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -404,7 +508,8 @@ def imagenet_loaders(root, batch_size: int = 256, workers: int = 8, augmentation
         raise DataError(f"{root}/train and {root}/val have different class folders")
     local_batch = batch_size // world_size
     sampler = EpochSampler(len(train_set), batch_size, seed, rank, world_size)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=False)
+    # persistent workers: not respawned (and the data set not pickled again) every epoch and every evaluation
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     train = torch.utils.data.DataLoader(train_set, local_batch, sampler=sampler, drop_last=True, **common)
     test_shard = list(range(rank, len(test_set), world_size))
     test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test_set, test_shard),
@@ -467,6 +572,8 @@ class CifarSource(DataSource):
         self.eval_subset = self._subset(ex, ey, p["eval_subset"], device, mean, std, rank, world)
         self.eval_final = self._subset(ex, ey, p["final_eval_subset"], device, mean, std, rank, world)
         self.batch_size, self.train_size = p["batch_size"], len(ty)
+        # an evaluation is one forward pass without autograd: big batches keep a GPU busy, small ones a CPU's cache
+        self.eval_batch = 2000 if str(device).startswith("cuda") else 500
 
     @staticmethod
     def _subset(x, y, n, device, mean, std, rank, world):
@@ -483,7 +590,15 @@ class CifarSource(DataSource):
 
     def eval_batches(self, final: bool):
         data = (self.eval_final if final else self.eval_subset) or self.eval_full
-        return data.eval_batches(500), len(data)
+        return data.eval_batches(self.eval_batch), len(data)
+
+
+def default_workers() -> int:
+    """Loader processes per training process: the CPUs this process may use (its affinity mask, which is what Slurm
+    or taskset gave the job) shared among the processes of this node, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cpus // max(1, local)))
 
 
 class FolderSource(DataSource):
@@ -491,10 +606,12 @@ class FolderSource(DataSource):
     def __init__(self, p, device, rank, world):
         root = data_root(p["data_dir"])
         folders = imagenet_folders_from_tiny(root) if p["dataset"] == "tiny_imagenet" else root / "imagenet"
-        workers = p["workers"] if p["workers"] is not None else min(8, os.cpu_count() or 1)
+        workers = p["workers"] if p["workers"] is not None else default_workers()
+        self.pin = device.startswith("cuda")
         self.train_loader, self.test_loader, self.sampler = imagenet_loaders(
             folders, p["batch_size"], workers, p["augmentation"], p["test_protocol"], p["crop"], seed=p["seed"],
-            rank=rank, world_size=world, pin_memory=device.startswith("cuda"))
+            rank=rank, world_size=world, pin_memory=self.pin)
+        self.lighting = p["augmentation"] == "scale_aspect"
         self.device, self.train_size = device, len(self.train_loader.dataset)
         self.eval_limit = p["eval_subset"]
         self.p, self.folders, self.workers, self.rank, self.world = p, folders, workers, rank, world
@@ -505,16 +622,20 @@ class FolderSource(DataSource):
             if protocol != self.p["test_protocol"]:
                 _, loader, _ = imagenet_loaders(self.folders, self.p["batch_size"], self.workers,
                                                 self.p["augmentation"], protocol, self.p["crop"], rank=self.rank,
-                                                world_size=self.world)
+                                                world_size=self.world, pin_memory=self.pin)
                 yield protocol, self._limited(loader, self.p["final_eval_subset"])
 
     def batches(self, start: int):
         steps = self.sampler.steps_per_epoch()
         epoch, step = divmod(start, steps)
+        it = start
         while True:
             self.sampler.set_epoch(epoch, step)
             for x, y in self.train_loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                light = _generator(self.p["seed"], "lighting", it, device=self.device) if self.lighting else None
+                yield (imagenet_normalize(x.to(self.device, non_blocking=True), light),
+                       y.to(self.device, non_blocking=True))
+                it += 1
             epoch, step = epoch + 1, 0
 
     def _limited(self, loader, limit):
@@ -523,7 +644,7 @@ class FolderSource(DataSource):
             if limit is not None and seen >= limit:
                 return
             seen += len(y)
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield imagenet_normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
     def eval_batches(self, final: bool):
         limit = self.p["final_eval_subset"] if final else self.eval_limit

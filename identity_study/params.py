@@ -160,8 +160,8 @@ PARAMETERS = [
     Param("workers", "data", "whole", None, "data loader processes (ImageNet folders)"),
     # the arithmetic: part of the identity
     # fp32 unless asked: bf16 is not shown to keep the study's answers at depth (below, "Does bf16 change the answers?")
-    Param("precision", "arithmetic", "choice", "fp32", "fp32, bf16 or auto; auto: bf16 where the device computes it "
-          "natively, else fp32", ("auto", "fp32", "bf16")),
+    Param("precision", "arithmetic", "choice", "fp32", "fp32 (IEEE on every device), bf16, tf32 (CUDA) or auto; auto: "
+          "bf16 where the device computes it natively, else fp32", ("auto", "fp32", "bf16", "tf32")),
     # execution: how and where, never what (chapter 4)
     Param("device", "execution", "any", "auto", "auto, cpu, cuda or cuda:N"),
     Param("channels_last", "execution", "auto_bool", "auto", "channels-last tensors; auto: by the device"),
@@ -213,6 +213,10 @@ def resolve_precision(precision: str, device: str) -> str:
     precision = PARAMS["precision"].check(precision)
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if precision == "tf32" and not device.startswith("cuda"):
+        valid = [c for c in PARAMS["precision"].valid_choices() if c != "tf32"]
+        raise ValueError(f"precision 'tf32' is TensorFloat-32 on a CUDA GPU's tensor cores, and device {device!r} is "
+                         f"not one; valid choices on it: {', '.join(valid)}")
     return precision
 
 
@@ -224,7 +228,7 @@ def resolve_channels_last(channels_last, device: str, precision: str) -> bool:
     if channels_last != "auto":
         return channels_last
     if device.startswith("cuda"):
-        return precision == "bf16" or torch.cuda.get_device_capability(device)[0] >= 7
+        return precision in ("bf16", "tf32") or torch.cuda.get_device_capability(device)[0] >= 7
     return True
 
 # %% ../nbs/05_params.ipynb #8203ef12

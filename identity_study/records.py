@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
+import pickle
 import platform
+import re
 import subprocess
 import time
 import warnings
@@ -25,18 +27,26 @@ from typing import TYPE_CHECKING
 import torch
 
 import identity_study
-from .data import device_kind
+from .data import device_kind, device_software
+
+try:
+    import fcntl            # POSIX: the run locks are flock(2) locks
+except ImportError:         # elsewhere the package imports, and taking a lock says why it cannot
+    fcntl = None
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import pandas as pd     # at run time only where a record is read: the GPU machine has no pandas
 
 # %% auto #0
-__all__ = ['EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'SCHEDULER_FILE', 'METRIC_COLUMNS', 'CHECKPOINT',
-           'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id', 'source_fingerprint', 'module_file',
-           'code_fingerprint', 'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write', 'write_json',
-           'write_csv', 'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'scheduler_job', 'scheduler_log',
-           'note_attempt', 'end_attempt', 'RunRecord', 'load_record', 'read_status', 'archive_record', 'provenance',
-           'save_checkpoint', 'finish_interrupted_writes', 'load_checkpoint']
+__all__ = ['logger', 'EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'SCHEDULER_FILE', 'METRIC_COLUMNS',
+           'CHECKPOINT', 'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id', 'source_fingerprint',
+           'module_file', 'code_fingerprint', 'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write',
+           'write_json', 'write_csv', 'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'scheduler_job',
+           'scheduler_log', 'note_attempt', 'end_attempt', 'RunRecord', 'load_record', 'read_status', 'archive_record',
+           'provenance', 'save_checkpoint', 'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
@@ -158,6 +168,9 @@ class FileLock:
 
     def try_acquire(self) -> bool:
         "Take the lock if it is free (and write this process's pid into it); False if another process holds it."
+        if fcntl is None:
+            raise OSError(f"run locks need POSIX flock(2), which this platform ({platform.system()}) does not have: "
+                          "train and sweep on Linux or macOS")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -341,6 +354,8 @@ def provenance(device: str, plugins=()) -> dict:
     root = Path(identity_study.__file__).resolve().parent.parent
 
     def git(*args):
+        if not ((root / "settings.ini").is_file() and (root / "nbs").is_dir()):
+            return ""       # an installed wheel: the folder above it is site-packages, or a checkout it is not from
         try:
             return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                                   timeout=10).stdout.strip()
@@ -352,7 +367,7 @@ def provenance(device: str, plugins=()) -> dict:
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__, numpy=numpy.__version__,
                               identity_study=identity_study.__version__),
-                **device_kind(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
+                **device_kind(device), **device_software(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
                 world_size=int(os.environ.get("WORLD_SIZE", "1")), scheduler=scheduler_job(),
                 code=code_fingerprint(plugins),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -373,14 +388,14 @@ def save_checkpoint(path: Path, state: dict):
     _fsync_dir(path)
 
 
-def finish_interrupted_writes(path: Path, log=print):
+def finish_interrupted_writes(path: Path):
     "Under the run's lock: finish a checkpoint rotation a killed process left half done; remove its temporary files."
     new = path / f".{CHECKPOINT}.new"
     if new.exists():      # complete (atomic_write renamed it into place after fsync), and newer than checkpoint.pt
         if (path / CHECKPOINT).exists():
             os.replace(path / CHECKPOINT, path / PREV_CHECKPOINT)
         os.replace(new, path / CHECKPOINT)
-        log(f"{path.name}: finished the checkpoint rotation of an interrupted process")
+        logger.info("%s: finished the checkpoint rotation of an interrupted process", path.name)
     for tmp in path.glob(".*.tmp"):   # atomic_write's temporary files, of processes that were killed while writing
         if tmp.name.rsplit(".", 2)[-2].isdigit():
             tmp.unlink(missing_ok=True)
@@ -394,8 +409,23 @@ def _verify_zip(f: Path):
         raise ValueError(f"the CRC-32 of its member {bad!r} does not match: the file is corrupt")
 
 
-def load_checkpoint(path: Path, identity_hash: str, log=print):
-    "The newest readable checkpoint of these parameters, or None; unreadable ones are set aside with a warning."
+class UnsafeCheckpointError(ValueError):
+    "A checkpoint holds objects other than tensors and plain data: loading it would run code, so it is refused."
+
+
+def read_checkpoint(f: Path) -> dict:
+    """The state in checkpoint file `f`, loaded as data only (`weights_only=True`): tensors, numbers, strings, lists
+    and dicts. A runs folder may be shared between users and jobs, and unpickling anything else can run code."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = re.search(r"GLOBAL (\S+)", str(e))
+        raise UnsafeCheckpointError("it holds objects other than tensors and plain data, which loading would have to "
+                                    f"run code for{f' (a {what[1]})' if what else ''}; refused") from None
+
+
+def load_checkpoint(path: Path, identity_hash: str):
+    "The newest readable checkpoint of these parameters, or None; unreadable or unsafe ones are set aside with a warning."
     set_aside = []
     for name in (CHECKPOINT, PREV_CHECKPOINT):
         f = path / name
@@ -403,7 +433,7 @@ def load_checkpoint(path: Path, identity_hash: str, log=print):
             continue
         try:
             _verify_zip(f)
-            state = torch.load(f, map_location="cpu", weights_only=False)
+            state = read_checkpoint(f)
             if not isinstance(state, dict) or state.get("identity") != identity_hash:
                 raise ValueError("it belongs to other parameters")
             state["_file"] = name
@@ -413,10 +443,8 @@ def load_checkpoint(path: Path, identity_hash: str, log=print):
             os.replace(f, bad)
             msg = f"checkpoint {f} is unusable ({type(e).__name__}: {e}); set aside as {bad.name}"
             warnings.warn(msg)
-            log(msg)
             set_aside.append(name)
     if set_aside:
         msg = f"{path.name}: no usable checkpoint is left; the run restarts from iteration 0"
         warnings.warn(msg)
-        log(msg)
     return None

@@ -5,11 +5,13 @@
 # %% ../nbs/06_train.ipynb #4f879f80
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -17,35 +19,58 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DATASETS, device_kind, make_source, native_bf16
+from .data import DATASETS, _generator, device_kind, make_source, native_bf16, set_fp32_math
 from .models import build
 from .params import resolve
 from .records import (METRIC_COLUMNS, TERMINAL_STATUSES, RecordWriteError, RunLock, RunRecord,
                                     archive_record, code_differences, code_fingerprint, finish_interrupted_writes,
-                                    identity_hash, load_checkpoint, load_record, provenance, read_status,
-                                    recorded_code, save_checkpoint, write_csv, write_json)
+                                    identity_hash, load_checkpoint, load_record, provenance, read_checkpoint,
+                                    read_status, recorded_code, save_checkpoint, write_csv, write_json)
+
+logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['EMULATED_BF16_SLOWDOWN', 'distributed_context', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError',
-           'evaluate', 'train', 'lr_at', 'Run']
+__all__ = ['logger', 'DDP_TIMEOUT', 'EMULATED_BF16_SLOWDOWN', 'TIMING_SKIP', 'distributed_context', 'end_distributed',
+           'sync_buffers', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError', 'evaluate', 'train', 'lr_at',
+           'Run']
 
 # %% ../nbs/06_train.ipynb #1e40cd1a
+# how long a collective waits for a rank that has crashed or hung before every other rank fails too (the defaults are
+# 10 min for NCCL and 30 min for gloo; a checkpoint of ResNet-1001 or an ImageNet evaluation takes well under this)
+DDP_TIMEOUT = timedelta(minutes=10)
+
+
 def distributed_context(device: str):
-    "(rank, world_size, device) for this process, initialising torch.distributed under torchrun."
+    """(rank, world_size, device, owned) for this process, initialising torch.distributed under torchrun; `owned`
+    is True when this call created the process group (and `end_distributed` should destroy it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    rank = dist.get_rank()
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        return 0, 1, device, False
+    cuda = device.startswith("cuda")
+    if cuda:            # the device first: NCCL binds each rank to the current device when the group is created
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', '0')))}"
         torch.cuda.set_device(device)
-    return rank, world, device
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=DDP_TIMEOUT,
+                                device_id=torch.device(device) if cuda else None)
+    return dist.get_rank(), world, device, owned
 
 
-def _all_reduce(values: list, device, world: int) -> list:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def end_distributed(owned: bool, finished: bool = True):
+    """Destroy the process group that `distributed_context` created (a no-op for one process or a caller's group).
+    After a run that finished on every rank the ranks meet first, so that none closes its connections while another
+    still talks to it (gloo aborts then); after an error they do not wait for each other."""
+    if owned and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def _all_reduce(values, device, world: int) -> list:
+    "Sum `values` (numbers, or one tensor of them on the device) over the processes; one host sync."
+    t = values.to(torch.float64) if torch.is_tensor(values) else torch.tensor(values, dtype=torch.float64,
+                                                                              device=device)
     if world > 1:
         dist.all_reduce(t)
     return t.tolist()
@@ -57,6 +82,16 @@ def _broadcast(obj, world: int):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sync_buffers(model: nn.Module, world: int):
+    """Give every rank rank 0's buffers (BN running statistics). After the last step each rank holds statistics
+    updated by its own shard of the batch; rank 0's are the ones the checkpoint keeps, so evaluating with them makes
+    the reported error the error of the saved model."""
+    if world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
 
 # %% ../nbs/06_train.ipynb #b4edf781
 class CpuThreads:
@@ -123,7 +158,7 @@ EMULATED_BF16_SLOWDOWN = 10
 
 
 def autocast_for(device: str, precision: str):
-    "A factory of the autocast context for `precision` on `device` (a no-op context in fp32)."
+    "A factory of the autocast context for `precision` on `device` (a no-op context in fp32 and tf32)."
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     return lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -183,31 +218,50 @@ def _check_code(path: Path, p: dict, finished: bool):
 
 
 def _rng_state(device: str) -> dict:
+    "The generators a run draws from: the CPU's and, on CUDA, the training device's own (never every visible GPU's)."
     return dict(cpu=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if device.startswith("cuda") else None)
+                device=torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
 
 
 def _set_rng_state(state: dict, device: str):
     torch.set_rng_state(state["cpu"])
-    if state.get("cuda") is not None and device.startswith("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state.get("device") is not None and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["device"], device)
 
 
-def evaluate(model, batches, autocast, device, world: int) -> dict:
-    "Loss, top-1 and top-5 error over `batches` (summed over all processes)."
+def _rng_for_rank(saved, rank: int, world: int, seed: int, iteration: int, device: str) -> str | None:
+    """Restore this rank's generators from a checkpoint's `saved` state (one dict, or one per process); returns a
+    warning when the number of processes changed since it was written. Then the saved states do not map onto the
+    ranks, so each rank's generators are seeded afresh from (seed, iteration, rank): the weights, the optimiser and
+    the data order resume exactly (the data order is a function of the seed and the iteration, chapter 3), but draws
+    such as the dropout shortcut's masks differ from an uninterrupted run's."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) == world:
+        _set_rng_state(states[rank], device)
+        return None
+    torch.manual_seed(_generator(seed, "resume", iteration, rank).initial_seed())
+    if device.startswith("cuda"):
+        torch.cuda.manual_seed(_generator(seed, "resume-cuda", iteration, rank).initial_seed())
+    return (f"the checkpoint was written by {len(states)} process(es) and is resumed by {world}: weights, optimiser "
+            "and data order resume exactly; the random-number generators are seeded afresh, so the run is no longer "
+            "bit-identical to an uninterrupted one")
+
+
+def evaluate(model, batches, autocast, device, world: int, memory_format=torch.contiguous_format) -> dict:
+    """Loss, top-1 and top-5 error over `batches` (summed over all processes). The sums stay on the device, so an
+    evaluation synchronises with the host once, at its end."""
     was_training = model.training
     model.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
+    sums, count = torch.zeros(3, dtype=torch.float64, device=device), 0     # loss, top-1 and top-5 correct; images
     with torch.no_grad(), autocast():
         for x, y in batches:
-            out = model(x).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            out = model(x.contiguous(memory_format=memory_format)).float()
             top5 = out.topk(min(5, out.shape[1]), 1).indices
-            correct1 += (top5[:, 0] == y).sum().item()
-            correct5 += (top5 == y[:, None]).any(1).sum().item()
+            sums += torch.stack([F.cross_entropy(out, y, reduction="sum"), (top5[:, 0] == y).sum(),
+                                 (top5 == y[:, None]).any(1).sum()]).double()
             count += len(y)
     model.train(was_training)
-    loss_sum, correct1, correct5, count = _all_reduce([loss_sum, correct1, correct5, count], device, world)
+    loss_sum, correct1, correct5, count = _all_reduce(torch.cat([sums, sums.new_tensor([count])]), device, world)
     return dict(test_loss=loss_sum / count, test_error=1 - correct1 / count, test_top5_error=1 - correct5 / count)
 
 
@@ -217,7 +271,17 @@ def train(**params) -> RunRecord:
     A finished run (completed or diverged) is not trained again: its stored record is returned, unless `rerun=True`.
     An unfinished one resumes from its newest good checkpoint."""
     p, spec = resolve(**params)
-    rank, world, device = distributed_context(p["device"])
+    rank, world, device, owned = distributed_context(p["device"])
+    try:
+        record = _train(p, spec, rank, world, device)
+    except BaseException:
+        end_distributed(owned, finished=False)
+        raise
+    end_distributed(owned)
+    return record
+
+
+def _train(p: dict, spec, rank: int, world: int, device: str) -> RunRecord:
     root = Path(p["run_dir"])
     path = root / p["run_id"]
     if rank == 0:
@@ -228,18 +292,19 @@ def train(**params) -> RunRecord:
         _check_code(path, p, done)
     if done and not p["rerun"]:
         return load_record(path)
-    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    log = logger.info if rank == 0 else (lambda *a: None)
 
     if p["precision"] == "bf16" and not native_bf16(device):
         kind = device_kind(device)
         warnings.warn(f"precision='bf16' on {kind['device_name']} ({kind['cpu_capability']}): this device has no "
                       f"native bf16 and emulates it, about {EMULATED_BF16_SLOWDOWN}x slower than fp32 "
-                      "(README, Performance); precision='auto' picks fp32 here", stacklevel=2)
+                      "(README, Performance); precision='auto' picks fp32 here", stacklevel=3)
     threads = None
     if not device.startswith("cuda"):
         threads = CpuThreads(p["threads"], adapt=world == 1 and not p["deterministic"]
                              and DATASETS[p["dataset"]]["family"] == "cifar")   # loader workers would count as load
         threads.start()
+    set_fp32_math(device, p["precision"])      # before any compute: "fp32" is IEEE fp32, TF32 only when asked
     torch.manual_seed(p["seed"])
     if p["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -260,13 +325,13 @@ def train(**params) -> RunRecord:
         if rank == 0:
             if done or (status is not None and p["rerun"]):
                 archive_record(path)
-            finish_interrupted_writes(path, log)
+            finish_interrupted_writes(path)
             if not (path / "params.json").exists():
                 write_json(path / "params.json", {**p, "net": spec.to_dict(), **provenance(device, p["plugins"])})
-            state = load_checkpoint(path, identity_hash(p), log)
+            state = load_checkpoint(path, identity_hash(p))
         state_file = _broadcast(state and state["_file"], world)
         if world > 1 and state_file and rank != 0:
-            state = torch.load(path / state_file, map_location="cpu", weights_only=False)
+            state = read_checkpoint(path / state_file)
         run = Run(p, model, optimizer, source, path, device, rank, world, log, threads)
         if state_file:
             run.restore(state, state_file)
@@ -274,6 +339,7 @@ def train(**params) -> RunRecord:
     finally:
         if lock:
             lock.release()
+
 
 # %% ../nbs/06_train.ipynb #198c483f
 def lr_at(iteration: int, p: dict) -> float:
@@ -283,6 +349,10 @@ def lr_at(iteration: int, p: dict) -> float:
     return p["lr"] * p["lr_decay"] ** sum(iteration >= s for s in p["lr_steps"])
 
 # %% ../nbs/06_train.ipynb #15595077
+# steps after a (re)start that the images-per-second figure leaves out (at most half of the first interval)
+TIMING_SKIP = 5
+
+
 class Run:
     "One run while it trains: the model, its optimiser and data, the metric rows so far, and where they are written."
     def __init__(self, p, model, optimizer, source, path, device, rank, world, log, threads=None):
@@ -296,11 +366,14 @@ class Run:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None) if world > 1 else model
         self.step_model = torch.compile(ddp) if p["compile"] else ddp
         self.check_every = 25 if cuda else 1
+        self.sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
 
     def restore(self, state: dict, state_file: str):
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"][self.rank] if isinstance(state["rng"], list) else state["rng"], self.device)
+        changed = _rng_for_rank(state["rng"], self.rank, self.world, self.p["seed"], state["iteration"], self.device)
+        if changed:
+            warnings.warn(f"{self.p['run_id']}: {changed}")
         self.start, self.rows, self.elapsed = state["iteration"], state["metrics"], state["seconds"]
         self.log(f"resuming {self.p['run_id']} at iteration {self.start} from {state_file}")
 
@@ -336,12 +409,14 @@ class Run:
 
     def evaluate(self, final: bool) -> dict:
         "The test metrics now; at the end, also the other test protocols (Table 5 reports two)."
-        metrics = evaluate(self.raw_model, self.source.eval_batches(final)[0], self.autocast, self.device, self.world)
+        sync_buffers(self.raw_model, self.world)      # every rank evaluates the model that the checkpoint keeps
+        metrics = evaluate(self.raw_model, self.source.eval_batches(final)[0], self.autocast, self.device, self.world,
+                           self.memory_format)
         if final and self.p.get("test_protocol"):
             self.final_extra[f"final_test_error_{self.p['test_protocol']}"] = metrics["test_error"]
             self.final_extra[f"final_test_top5_error_{self.p['test_protocol']}"] = metrics["test_top5_error"]
             for protocol, batches in self.source.final_protocols():
-                other = evaluate(self.raw_model, batches, self.autocast, self.device, self.world)
+                other = evaluate(self.raw_model, batches, self.autocast, self.device, self.world, self.memory_format)
                 self.final_extra[f"final_test_error_{protocol}"] = other["test_error"]
                 self.final_extra[f"final_test_top5_error_{protocol}"] = other["test_top5_error"]
         return metrics
@@ -355,7 +430,13 @@ class Run:
                    disable=not (p["progress"] and self.writer), ascii=True)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        seen, interval_start, t_last = 0, start, time.perf_counter()
+        seen, t_last = 0, time.perf_counter()
+        # images per second leave out the first steps after a (re)start: cuDNN's autotuning and compilation run there
+        first_eval = min(p["iterations"], (start // p["eval_every"] + 1) * p["eval_every"])
+        timed_from, timed_at = start + min(TIMING_SKIP, (first_eval - start) // 2), None
+        if timed_from == start:
+            self.sync()
+            timed_at = time.perf_counter()
         stop_at = min(p["iterations"], p["stop_after"] or p["iterations"])
         status = "interrupted"
         try:
@@ -370,8 +451,12 @@ class Run:
                 wrong_sum += (out.argmax(1) != y).sum()
                 seen += len(y)
                 done = it + 1
+                if done == timed_from and timed_at is None:
+                    self.sync()      # the clock is read when the device has finished, not when the work was queued
+                    timed_at = time.perf_counter()
                 if done % self.check_every == 0 or done == stop_at:
-                    sums = _all_reduce([loss_sum.item(), wrong_sum.item(), float(seen)], self.device, self.world)
+                    sums = _all_reduce(torch.stack([loss_sum, wrong_sum, torch.full_like(loss_sum, seen)]), self.device,
+                                       self.world)     # one host sync
                     if not math.isfinite(sums[0]):
                         self.elapsed += time.perf_counter() - t_last
                         self.rows.append(self.row(done, lr, sums))
@@ -382,18 +467,21 @@ class Run:
                     bar.update(done - bar.n)
                 if done % p["eval_every"] == 0 or done == p["iterations"]:
                     final = done == p["iterations"]
-                    train_seconds = time.perf_counter() - t_last
+                    self.sync()
+                    now = time.perf_counter()
+                    images_per_second = (done - timed_from) * p["batch_size"] / max(now - timed_at, 1e-9)
                     metrics = self.evaluate(final)
                     self.elapsed += time.perf_counter() - t_last
-                    sums = _all_reduce([loss_sum.item(), wrong_sum.item(), float(seen)], self.device, self.world)
-                    self.rows.append(self.row(done, lr, sums, **metrics, images_per_second=(
-                        done - interval_start) * p["batch_size"] / train_seconds))
+                    sums = _all_reduce(torch.stack([loss_sum, wrong_sum, torch.full_like(loss_sum, seen)]), self.device,
+                                       self.world)
+                    self.rows.append(self.row(done, lr, sums, **metrics, images_per_second=images_per_second))
                     loss_sum.zero_(), wrong_sum.zero_()
-                    seen, interval_start = 0, done
+                    seen = 0
                     self.write_record("completed" if final else "interrupted", checkpoint=True)
                     bar.set_postfix(loss=f"{self.rows[-1]['train_loss']:.3f}",
                                     test_err=f"{100 * metrics['test_error']:.2f}%", refresh=False)
-                    t_last = time.perf_counter()
+                    t_last = timed_at = time.perf_counter()
+                    timed_from = done
                     if final:
                         status = "completed"
                     elif self.threads is not None and (n := self.threads.update()) is not None:
