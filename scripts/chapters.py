@@ -95,15 +95,15 @@ def code_stamp(nb: dict) -> dict:
 
 
 def _clean(nb: dict) -> str:
-    "`nb` as nbdev_clean writes it (settings.ini's rules: outputs kept, execution counts and stray metadata removed)."
-    from nbdev.clean import _nbdev_clean
+    """`nb` as `nbdev_clean` writes it: nbdev's public `clean_nb` with the rules of this repository's settings.ini
+    (outputs kept, execution counts and stray metadata removed), read as nbdev_clean reads them
+    (tests/test_check_chapters.py checks the two give the same file)."""
     from execnb.nbio import nb2str
-    cwd = os.getcwd()
-    os.chdir(REPO)                  # nbdev finds settings.ini from the working folder
-    try:
-        _nbdev_clean(nb)
-    finally:
-        os.chdir(cwd)
+    from nbdev.clean import clean_nb
+    from nbdev.config import get_config
+    cfg = get_config(path=REPO)
+    clean_nb(nb, clear_all=cfg.clear_all, allowed_metadata_keys=cfg.get("allowed_metadata_keys", "").split(),
+             allowed_cell_metadata_keys=cfg.get("allowed_cell_metadata_keys", "").split(), clean_ids=cfg.clean_ids)
     return nb2str(nb)
 
 

@@ -2,18 +2,62 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-import pytest
-import torch
+# One thread per process unless a test asks otherwise (as `make test` exports it): with OMP_NUM_THREADS unset,
+# train() lets CpuThreads choose the threads from the machine's load at that moment, so two runs of one test could
+# compute with different thread counts (and bits) depending on what else runs. Tests of that rule unset it themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # the rebuilt CIFAR copy that `make data` writes (the Makefile exports the same variable)
 os.environ.setdefault("IDENTITY_STUDY_DATA", str(ROOT / "data"))
 
+# IDENTITY_STUDY_FAKE_GPU_HOST=1 runs the suite as if on a GPU host: torch reports one CUDA device (an sm_90 one), so
+# that device="auto" resolves to "cuda" as it does there, and a test that silently relies on auto -> cpu fails here
+# too. Nothing can compute on the fake device: a test about the CPU passes device="cpu"; a test that needs a real GPU
+# is marked `needs_cuda`, which reads the real answer, taken before any mock.
+FAKE_GPU_HOST = "IDENTITY_STUDY_FAKE_GPU_HOST"
+REAL_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not REAL_CUDA, reason="needs a real CUDA device")
+
+
+def pretend_gpu_host(mp: pytest.MonkeyPatch):
+    "What torch says of a machine with one H100-class GPU, as far as resolving the parameters asks it."
+    mp.setattr(torch.cuda, "is_available", lambda: True)
+    mp.setattr(torch.cuda, "device_count", lambda: 1)
+    mp.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    mp.setattr(torch.cuda, "get_device_name", lambda device=None: "fake GPU (IDENTITY_STUDY_FAKE_GPU_HOST)")
+    mp.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+
 
 def pytest_configure(config):
     # the rebuilt copy warns once per process that it is not bit-comparable with the official files
     config.addinivalue_line("filterwarnings", "ignore:.*rebuilt copy.*:UserWarning")
+
+
+def pytest_report_header(config):
+    if os.environ.get(FAKE_GPU_HOST) == "1":
+        return f"{FAKE_GPU_HOST}=1: torch.cuda is mocked, device='auto' resolves to 'cuda'"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fake_gpu_host_when_asked():
+    "The session on a pretended GPU host when IDENTITY_STUDY_FAKE_GPU_HOST=1 (collection, so needs_cuda, sees the real)"
+    if os.environ.get(FAKE_GPU_HOST) != "1":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        pretend_gpu_host(mp)
+        yield
+
+
+@pytest.fixture
+def fake_gpu_host(monkeypatch):
+    "This test on a pretended GPU host (see IDENTITY_STUDY_FAKE_GPU_HOST)."
+    pretend_gpu_host(monkeypatch)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The stale-output check of `make test` (scripts/check_chapters.py) catches what it is there to catch."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,3 +91,27 @@ def test_the_package_fingerprint_covers_every_module():
     modules = set(package_fingerprint())
     assert {"identity_study.units", "identity_study.figures", "identity_study.diagrams", "examples.my_units"} <= modules
     assert "identity_study._modidx" not in modules
+
+
+def test_chapters_clean_a_notebook_as_nbdev_clean_does(tmp_path):
+    "scripts/chapters.py cleans through nbdev's public API: the same file as the nbdev_clean command writes."
+    from chapters import REPO, _clean
+    dirty = notebook([{"output_type": "execute_result", "execution_count": 3, "metadata": {},
+                       "data": {"text/plain": ["<Thing at 0x7f3a2c1d9e80>"]}}, stdout("1\n")])
+    dirty["cells"][1].update(execution_count=3, metadata={"tags": ["parameters"], "collapsed": True,
+                                                          "ExecuteTime": {"end_time": "2026-12-05T11:00:00"}})
+    dirty["metadata"].update({META_KEY: {"cells": "abc"}, "language_info": {"name": "python", "version": "3.11"},
+                              "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                             "language": "python"}})
+    path = tmp_path / "dirty.ipynb"
+    path.write_text(json.dumps(dirty))
+    ours = _clean(json.loads(path.read_text()))
+    proc = subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Failed" not in proc.stderr, proc.stderr
+    assert ours == path.read_text()
+    cleaned = json.loads(ours)
+    cell = cleaned["cells"][1]
+    assert cell["execution_count"] is None and cell["metadata"] == {"tags": ["parameters"]}   # the papermill tag kept
+    assert cell["outputs"][0]["execution_count"] is None and "0x7f3a2c1d9e80" not in ours     # ids cleaned
+    assert set(cleaned["metadata"]) == {META_KEY, "kernelspec"}                               # the stamp kept

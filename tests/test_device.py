@@ -3,7 +3,7 @@ load."""
 import os
 import subprocess
 import sys
-import time
+import types
 import warnings
 
 import pytest
@@ -13,18 +13,26 @@ import identity_study.train as T
 from identity_study.data import device_kind, native_bf16
 from identity_study.experiments import TABLES
 from identity_study.figures import entry_run_ids
-from identity_study.params import resolve_params
+from identity_study.params import resolve_device, resolve_params
 from identity_study.train import CpuThreads, train
+from conftest import FAKE_GPU_HOST, ROOT
 
+# about the CPU's fast path: device="cpu" explicitly, so that a GPU host (where "auto" is CUDA) runs them too
 SMOKE = dict(unit="preact", depth=20, dataset="synthetic", iterations=4, eval_every=2, batch_size=16,
-             train_subset=64, progress=False, threads=1)
+             train_subset=64, progress=False, threads=1, device="cpu")
 
 
 def cpu_flags(monkeypatch, onednn: bool, avx512_bf16: bool, amx: bool = False):
-    "Pretend to be a CPU with these capabilities (what torch and oneDNN report of it)."
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    """Pretend to be a CPU with these capabilities (what torch and oneDNN report of it). These are private checks of
+    torch, the ones identity_study.data.native_bf16 calls (torch has no public one that says bf16 is native): a torch
+    without them fails here by name, not with a bare AttributeError."""
+    for owner, name, value in ((torch.ops.mkldnn, "_is_mkldnn_bf16_supported", onednn),
+                               (torch.cpu, "_is_avx512_bf16_supported", avx512_bf16),
+                               (torch.cpu, "_is_amx_tile_supported", amx)):
+        if not hasattr(owner, name):
+            pytest.fail(f"torch {torch.__version__} has no {name}, which identity_study.data.native_bf16 calls: "
+                        "native_bf16 needs this torch's way of telling native bf16, and this mock with it")
+        monkeypatch.setattr(owner, name, lambda value=value: value)
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
 
 
@@ -45,9 +53,9 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, oned
 
 def test_machines_that_resolve_differently_never_share_a_record(monkeypatch):
     cpu_flags(monkeypatch, True, True)
-    native = resolve_params(unit="original", depth=110, profile="mini", precision="auto")
+    native = resolve_params(unit="original", depth=110, profile="mini", device="cpu", precision="auto")
     cpu_flags(monkeypatch, False, False)
-    avx2 = resolve_params(unit="original", depth=110, profile="mini", precision="auto")
+    avx2 = resolve_params(unit="original", depth=110, profile="mini", device="cpu", precision="auto")
     assert (native["precision"], avx2["precision"]) == ("bf16", "fp32") and native["run_id"] != avx2["run_id"]
 
 
@@ -55,7 +63,7 @@ def test_machines_that_resolve_differently_never_share_a_record(monkeypatch):
 def test_the_default_is_fp32_on_every_cpu(monkeypatch, onednn, avx512_bf16, amx):
     "bf16 is an opt-in until it is shown not to change the study's answers (chapter 5): the same id on every machine."
     cpu_flags(monkeypatch, onednn, avx512_bf16, amx)
-    p = resolve_params(unit="original", depth=110, profile="mini")
+    p = resolve_params(unit="original", depth=110, profile="mini", device="cpu")
     assert p["precision"] == "fp32"
     assert p["run_id"] == resolve_params(unit="original", depth=110, profile="mini", precision="fp32")["run_id"]
 
@@ -119,28 +127,87 @@ def test_given_threads_and_omp_num_threads_are_kept(monkeypatch):
     assert CpuThreads().fixed is None and CpuThreads().adapt
 
 
-def test_a_busy_core_is_left_to_its_process(monkeypatch):
-    "A real busy process beside the run: the run takes one core fewer, and takes it back when the process ends."
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+class FakeMachine:
+    """The clock and the CPU counters that CpuThreads reads, moved by the test: `cores` cores, of which other
+    processes keep `other` busy and the run itself `own`. `CpuThreads._sample` and the train module's clock read it,
+    and its `sleep` moves the clock, so a choice depends on the load the test sets and on nothing else running."""
+    def __init__(self, monkeypatch, cores: int):
+        self.cores, self.now, self.busy_s, self.own_s, self.other, self.own = cores, 1000.0, 0.0, 0.0, 0.0, 0.0
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(CpuThreads, "_sample", lambda governor: (self.now, self.busy_s, self.own_s))
+        monkeypatch.setattr(T, "time", types.SimpleNamespace(monotonic=lambda: self.now, sleep=self.run))
+
+    def run(self, seconds: float):
+        "`seconds` pass at the current load."
+        self.now += seconds
+        self.busy_s += seconds * (self.other + self.own)
+        self.own_s += seconds * self.own
+
+    def governor(self, **kw) -> CpuThreads:
+        governor = CpuThreads(**kw)
+        governor.cores = list(range(self.cores))        # this pretended machine's cores, whatever the real one has
+        return governor
+
+
+@pytest.fixture
+def torch_threads():
+    "The governor sets torch's thread count: give the next tests theirs back."
     threads = torch.get_num_threads()
-    try:
-        free = CpuThreads().start()          # what this machine leaves free now, before the busy process
-        if free < 2:
-            pytest.skip(f"only {free} core(s) free here: nothing to give up")
-        spin = "import time\nend = time.time() + 20\nwhile time.time() < end: pass"
-        busy = subprocess.Popen([sys.executable, "-c", spin])
-        try:
-            time.sleep(0.5)
-            governor = CpuThreads()
-            assert governor.start() == free - 1
-        finally:
-            busy.kill()
-            busy.wait()
-        governor.every_s = 0.3
-        time.sleep(0.4)
-        assert governor.update() == free                       # the core is free again
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_busy_core_is_left_to_its_process(monkeypatch, torch_threads):
+    "A busy process beside the run: the run takes one core fewer, and takes it back when the process ends."
+    machine = FakeMachine(monkeypatch, cores=4)
+    machine.other = 1.0                                    # one core kept busy by another process
+    governor = machine.governor()
+    assert governor.adapt and governor.start() == 3 and torch.get_num_threads() == 3
+    machine.own = 3.0                                      # the run's own threads are not another process's load
+    machine.run(governor.every_s)
+    assert governor.update() is None and torch.get_num_threads() == 3
+    machine.other = 0.0                                    # the busy process ends
+    machine.run(governor.every_s / 2)
+    assert governor.update() is None                       # not looked at again before every_s has passed
+    machine.run(governor.every_s / 2)
+    assert governor.update() == 4 and torch.get_num_threads() == 4      # the core is taken back
+    machine.other = 2.4                                    # two and a half cores' worth of other work: two kept
+    machine.run(governor.every_s)
+    assert governor.update() == 2 and torch.get_num_threads() == 2
+
+
+def test_a_quiet_machine_gives_every_core_and_a_full_one_still_one(monkeypatch, torch_threads):
+    machine = FakeMachine(monkeypatch, cores=2)
+    assert machine.governor().start() == 2
+    machine.other = 5.0                                    # more work than cores: the run still gets one
+    assert machine.governor().start() == 1
+
+
+def test_given_threads_are_never_measured_or_changed(monkeypatch, torch_threads):
+    machine = FakeMachine(monkeypatch, cores=4)
+    machine.other = 3.0
+    governor = machine.governor(threads=2)
+    assert governor.start() == 2 and not governor.adapt
+    machine.other = 0.0
+    machine.run(governor.every_s)
+    assert governor.update() is None and torch.get_num_threads() == 2
+
+
+def test_without_proc_stat_every_core_is_used(monkeypatch, torch_threads):
+    "No /proc/stat (not Linux): every core, and no further measurement."
+    machine = FakeMachine(monkeypatch, cores=3)
+    monkeypatch.setattr(CpuThreads, "_sample", lambda governor: (_ for _ in ()).throw(OSError("no /proc/stat")))
+    governor = machine.governor()
+    assert governor.start() == 3 and not governor.adapt
+    machine.run(governor.every_s)
+    assert governor.update() is None
+
+
+def test_the_real_load_sample_is_well_formed():
+    "The counters the rule is fed with, read from this machine: seconds that only grow (the figures: benchmarks/)."
+    governor = CpuThreads()
+    (t0, busy0, own0), (t1, busy1, own1) = governor._sample(), governor._sample()
+    assert t1 >= t0 and busy1 >= busy0 >= 0 and own1 >= own0 > 0
 
 
 def test_figures_find_a_seed_in_whichever_precision_was_recorded():
@@ -152,3 +219,33 @@ def test_figures_find_a_seed_in_whichever_precision_was_recorded():
     assert entry_run_ids(entry, "mini", seeds=[0], available=set()) == []
     # the committed mini records (bf16) are found on a machine of either class
     assert (T.Path(__file__).parent.parent / "runs" / ids["bf16"]).is_dir()
+
+
+def test_auto_is_cuda_on_a_gpu_host(fake_gpu_host):
+    "Under the mock of IDENTITY_STUDY_FAKE_GPU_HOST, 'auto' resolves as on a machine with a GPU."
+    assert torch.cuda.is_available() and resolve_device("auto") == "cuda"
+    auto = resolve_params(unit="preact", depth=20, dataset="synthetic", profile="smoke")
+    cpu = resolve_params(unit="preact", depth=20, dataset="synthetic", profile="smoke", device="cpu")
+    assert (auto["device"], cpu["device"]) == ("cuda", "cpu")
+    assert auto["run_id"] == cpu["run_id"]                 # where a run executes is not part of what it computes
+
+
+@pytest.mark.skipif(os.environ.get(FAKE_GPU_HOST) != "1", reason=f"{FAKE_GPU_HOST}=1 is not set")
+def test_the_whole_session_is_on_the_pretended_gpu_host():
+    assert torch.cuda.is_available() and resolve_device("auto") == "cuda"
+    assert resolve_params(unit="preact", depth=20, dataset="synthetic")["device"] == "cuda"
+
+
+def test_the_device_tests_pass_on_a_gpu_host(tmp_path):
+    "This file again with IDENTITY_STUDY_FAKE_GPU_HOST=1: every test of the CPU's fast path and threads says so."
+    if os.environ.get(FAKE_GPU_HOST) == "1":
+        pytest.skip("already on the pretended GPU host")
+    env = {**os.environ, FAKE_GPU_HOST: "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "basetemp"), str(ROOT / "tests" / "test_device.py"), "-k",
+                           "not test_the_device_tests_pass_on_a_gpu_host"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "PASSED tests/test_device.py::test_the_whole_session_is_on_the_pretended_gpu_host" in proc.stdout
+    assert "PASSED tests/test_device.py::test_the_record_says_what_the_run_resolved_to" in proc.stdout
+    assert "PASSED tests/test_device.py::test_a_busy_core_is_left_to_its_process" in proc.stdout

@@ -15,7 +15,8 @@ from identity_study.train import StaleRecordError, train
 from identity_study.units import UNITS
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = dict(depth=20, dataset="synthetic", profile="smoke", progress=False, threads=1)
+# in this process on the CPU, said explicitly: on a GPU host device="auto" is CUDA
+SMOKE = dict(depth=20, dataset="synthetic", profile="smoke", progress=False, threads=1, device="cpu")
 PLUGIN = '''
 import torch
 from torch import nn

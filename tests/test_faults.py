@@ -8,6 +8,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -94,9 +95,31 @@ def _assert_record_readable(path: Path, status=None):
 # 1. kill -9 at five seeded random moments, then resume: bit-identical to an uninterrupted run, 5 of 5
 
 def _train_logged(cfg: dict, log: str):
-    "train(**cfg) with its printed log in the file `log` (the target of the forked training processes)."
+    "train(**cfg) with what it prints and logs in the file `log` (the target of the forked training processes)."
     with open(log, "w") as f, contextlib.redirect_stdout(f):
-        train(**cfg)
+        handler, logger = logging.StreamHandler(f), logging.getLogger("identity_study")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            train(**cfg)
+        finally:
+            logger.removeHandler(handler)
+
+
+def _train_logged_held_at_the_end(cfg: dict, log: str):
+    """_train_logged, but the process stops before it writes its last checkpoint and waits there to be killed: a
+    kill at any moment, however fast this run goes beside the reference, finds a run that has not finished."""
+    real_atomic_write, checkpoints = R.atomic_write, []
+
+    def atomic_write(path, write):
+        if Path(path).name == ".checkpoint.pt.new":
+            checkpoints.append(path)
+            if len(checkpoints) == cfg["iterations"] // cfg["eval_every"]:
+                while True:
+                    time.sleep(1)
+        return real_atomic_write(path, write)
+    R.atomic_write = atomic_write
+    _train_logged(cfg, log)
 
 
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
@@ -105,8 +128,8 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     ctx.set_forkserver_preload(["identity_study.train", "pandas"])
     run_id = resolve_params(**EXACT)["run_id"]
 
-    def start(run_dir, log):
-        proc = ctx.Process(target=_train_logged, args=({**EXACT, "run_dir": str(run_dir)}, str(log)))
+    def start(run_dir, log, target=_train_logged):
+        proc = ctx.Process(target=target, args=({**EXACT, "run_dir": str(run_dir)}, str(log)))
         proc.start()
         return proc
 
@@ -124,11 +147,14 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
         rng = random.Random(seed)
         run_dir = tmp_path / f"killed-{seed}"
         path = run_dir / run_id
-        proc = start(run_dir, tmp_path / f"killed-{seed}.log")
+        proc = start(run_dir, tmp_path / f"killed-{seed}.log", _train_logged_held_at_the_end)
         while not (path / "checkpoint.pt").exists():
             assert proc.exitcode is None, (tmp_path / f"killed-{seed}.log").read_text()
             time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.6 * window))   # inside training, sometimes in the middle of a checkpoint write
+        # inside training, sometimes in the middle of a checkpoint write; never after the end (the process waits
+        # before its last checkpoint), so a trial that runs faster than the reference did is killed all the same
+        time.sleep(rng.uniform(0, 0.6 * window))
+        assert proc.exitcode is None, (tmp_path / f"killed-{seed}.log").read_text()
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         assert proc.exitcode == -signal.SIGKILL
@@ -333,13 +359,31 @@ def _bad(params, tmp_path):
     return {**BASE, **{k: (str(blocker) if v == "<file>" else v) for k, v in params.items()}}
 
 
-def _papermill_args(params: dict) -> list:
-    "`-p NAME VALUE` where papermill reads VALUE back as the same value, else `-y` with the value in YAML."
-    from papermill.cli import _resolve_type
+def _papermill_reads(texts, folder: Path) -> dict:
+    """{text: the value papermill's CLI makes of `-p NAME text`}, asked of the real CLI (not a copy of its private
+    rules): it prepares a notebook with every text as a parameter (--prepare-only: no kernel, nothing executed) and
+    records the values it read in the notebook's metadata."""
+    texts = sorted(set(texts))
+    source = "\n".join(f"p{i} = None" for i in range(len(texts)))
+    nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "parameters", "metadata": {"tags": [
+        "parameters"]}, "outputs": [], "source": source}], "metadata": {"kernelspec": {
+        "name": "python3", "language": "python", "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
+    (folder / "reads.ipynb").write_text(json.dumps(nb))
+    args = [a for i, text in enumerate(texts) for a in ("-p", f"p{i}", text)]
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(folder / "reads.ipynb"), str(folder / "read.ipynb"),
+                           *args, "--prepare-only", "--no-progress-bar"], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    read = json.loads((folder / "read.ipynb").read_text())["metadata"]["papermill"]["parameters"]
+    return {text: read[f"p{i}"] for i, text in enumerate(texts)}
+
+
+def _papermill_args(params: dict, reads: dict) -> list:
+    "`-p NAME VALUE` where papermill reads VALUE back as the same value (`reads`), else `-y` with the value in YAML."
     args = []
     for k, v in params.items():
         text = str(v)
-        same = _resolve_type(text) == v and type(_resolve_type(text)) is type(v)
+        same = reads[text] == v and type(reads[text]) is type(v)
         args += ["-p", k, text] if same else ["-y", json.dumps({k: v})]
     return args
 
@@ -362,21 +406,23 @@ def test_bad_parameters_through_train(name, bad, message, runs, tmp_path, monkey
 
 def test_bad_parameters_through_papermill(tmp_path):
     "Every set of BAD_PARAMS through nbs/train.ipynb: the notebook stops at one ValueError, runs/ stays empty."
-    def one(i):
-        name, bad, message = BAD_PARAMS[i]
+    cases = []
+    for i, (name, bad, message) in enumerate(BAD_PARAMS):
         case = tmp_path / f"case{i}"
-        case.mkdir()
-        runs = case / "runs"
-        runs.mkdir()
-        params = {"run_dir": str(runs), **_bad(bad, case)}
-        out_nb = case / "out.ipynb"
+        (case / "runs").mkdir(parents=True)
+        cases.append((name, message, case, {"run_dir": str(case / "runs"), **_bad(bad, case)}))
+    reads = _papermill_reads((str(v) for *_, params in cases for v in params.values()), tmp_path)
+
+    def one(case):
+        name, message, folder, params = case
+        out_nb = folder / "out.ipynb"
         proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "nbs" / "train.ipynb"), str(out_nb),
-                               *_papermill_args(params), "--cwd", str(ROOT), "--no-progress-bar"],
+                               *_papermill_args(params, reads), "--cwd", str(ROOT), "--no-progress-bar"],
                               capture_output=True, text=True, env=_env(), timeout=300)
-        return name, message, proc, out_nb, runs
+        return name, message, proc, out_nb, folder / "runs"
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(one, range(len(BAD_PARAMS))))
+        results = list(pool.map(one, cases))
     problems = []
     for name, message, proc, out_nb, runs in results:
         errors = [o for c in json.loads(out_nb.read_text())["cells"] for o in c.get("outputs", [])
@@ -421,7 +467,7 @@ def _flip(raw: bytes, at=None) -> bytes:
 def test_corrupt_cifar_file_stops_train_with_a_clear_error(name, damage, message, runs, tmp_path):
     root = _cifar_copy_with(tmp_path, name, damage)
     with pytest.raises(DataError) as e:
-        train(unit="preact", depth=8, profile="smoke", data_dir=root, run_dir=runs, progress=False)
+        train(unit="preact", depth=8, profile="smoke", data_dir=root, run_dir=runs, progress=False, device="cpu")
     assert message in str(e.value) and "rebuild" in str(e.value)
     assert tree(runs) == []                                           # found before anything is written
 
@@ -442,7 +488,7 @@ def exact_reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", ["bit flip", "truncated", "other parameters"])
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(damage, exact_reference, tmp_path, capsys):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(damage, exact_reference, tmp_path, caplog):
     path = _interrupted_copy(tmp_path)
     ckpt = path / "checkpoint.pt"
     if damage == "bit flip":              # bit rot in the weights: torch.load alone would accept it
@@ -452,25 +498,26 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(damage, exact_
     else:
         other = train(**dict(EXACT, seed=1), run_dir=tmp_path / "other", stop_after=2)
         os.replace(other.path / "checkpoint.pt", ckpt)
-    with pytest.warns(UserWarning, match="checkpoint.pt is unusable"):
+    caplog.set_level(logging.INFO, logger="identity_study")          # the run says what it does through logging
+    with pytest.warns(UserWarning, match="checkpoint.pt is unusable") as caught:
         resumed = train(**EXACT, run_dir=tmp_path / "part")
-    out = capsys.readouterr().out
-    assert "set aside as checkpoint.corrupt.pt" in out
-    assert "at iteration 6 from checkpoint.prev.pt" in out             # says where it resumed from
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    assert "set aside as checkpoint.corrupt.pt" in said
+    assert "at iteration 6 from checkpoint.prev.pt" in said           # says where it resumed from
     assert resumed.status == "completed" and (path / "checkpoint.corrupt.pt").exists()
     assert_same_run(exact_reference, path)
 
 
-def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path, capsys):
+def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path, caplog):
     path = _interrupted_copy(tmp_path)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         (path / name).write_bytes(_flip((path / name).read_bytes()))
+    caplog.set_level(logging.INFO, logger="identity_study")
     with pytest.warns(UserWarning) as caught:
         resumed = train(**EXACT, run_dir=tmp_path / "part")
     warned = [str(w.message) for w in caught]
     assert sum("is unusable" in w for w in warned) == 2 and sum("restarts from iteration 0" in w for w in warned) == 1
-    out = capsys.readouterr().out
-    assert "no usable checkpoint is left; the run restarts from iteration 0" in out
+    assert "no usable checkpoint is left; the run restarts from iteration 0" in caplog.text + "\n".join(warned)
     assert resumed.status == "completed"
     assert list(resumed.metrics.iteration) == list(range(2, 17, 2))   # the old rows are not kept twice
     assert_same_run(exact_reference, path)
@@ -482,7 +529,7 @@ def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path
 def test_constant_scaling_0_5_1_at_the_papers_lr_leaves_a_complete_record(runs):
     "Whether this run diverges within a smoke run or not, its record says which, consistently."
     r = train(unit="constant_scaling", depth=110, shortcut_scale=0.5, residual_scale=1.0, profile="smoke",
-              run_dir=runs, progress=False)
+              run_dir=runs, progress=False, device="cpu")
     assert r.params["lr"] == 0.1 and r.status in ("diverged", "completed")
     if r.status == "diverged":
         assert r.summary["final_test_error"] is None and math.isnan(r.metrics.train_loss.iloc[-1])
@@ -522,7 +569,7 @@ def test_parameters_tag_survives_nbdev_clean_and_depth_56_is_built(tmp_path):
     copy = tmp_path / "train.ipynb"
     copy.write_text((ROOT / "nbs" / "train.ipynb").read_text())
     clean = subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(copy)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)     # a hang guard, not a bound
     assert clean.returncode == 0, clean.stderr
     cells = json.loads(copy.read_text())["cells"]
     assert [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]

@@ -15,9 +15,12 @@ from identity_study.records import load_record
 from identity_study.train import train
 from conftest import assert_same_run
 
+# the engine on the CPU, said explicitly: on a GPU host device="auto" is CUDA
 TINY = dict(unit="preact", depth=20, dataset="synthetic", iterations=12, eval_every=4, batch_size=16,
-            train_subset=256, progress=False)
-EXACT = dict(TINY, precision="fp32", channels_last=False, deterministic=True)
+            train_subset=256, progress=False, device="cpu")
+# bit-identical runs need one thread count for all of them: threads=None would let each run choose its own from the
+# machine's load at that moment (CpuThreads), and a reduction over other threads rounds differently
+EXACT = dict(TINY, precision="fp32", channels_last=False, deterministic=True, threads=1)
 
 
 @pytest.mark.parametrize("recipe,boundaries", [
@@ -125,7 +128,7 @@ def test_unwritable_run_dir_fails_before_compute(tmp_path, monkeypatch):
 
 
 def test_real_cifar_smoke_run(runs):
-    r = train(unit="preact", depth=20, profile="smoke", run_dir=runs)
+    r = train(unit="preact", depth=20, profile="smoke", run_dir=runs, device="cpu")
     assert r.status == "completed" and r.params["dataset"] == "cifar10" and len(r.metrics) == 2
 
 
@@ -133,9 +136,10 @@ def test_ddp_on_gloo_two_processes(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(29500 + os.getpid() % 1000), str(Path(__file__).parent / "ddp_worker.py"),
-                           str(tmp_path / "runs"), str(out)], capture_output=True, text=True, env=env, timeout=600)
+    # --standalone: the rendezvous takes a free port of its own (a fixed one may be taken by a neighbour's test run)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(Path(__file__).parent / "ddp_worker.py"), str(tmp_path / "runs"), str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2 and ranks[0]["status"] == ranks[1]["status"] == "completed"
