@@ -45,6 +45,19 @@ def gpu_name_without_cuda_init() -> str:
         return ""
 
 
+def nvidia_smi(fields: list) -> list:
+    """One dict per GPU of nvidia-smi's `--query-gpu` fields, values as it prints them; [] where nvidia-smi is
+    missing or refuses the query (an unknown field fails the whole query, so ask only for long-standing ones)."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode:
+        return []
+    return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
+
+
 def machine(device: str = "cpu") -> dict:
     "The columns that say where and with what a row was measured."
     import identity_study
