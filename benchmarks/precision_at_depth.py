@@ -6,7 +6,7 @@ the real CIFAR-10. These are the Table 2 runs of the mini reproduction (chapter 
   .venv/bin/python benchmarks/precision_at_depth.py --train bf16
   .venv/bin/python benchmarks/precision_at_depth.py                  # the comparison, from the records
 
-Training goes through the sweep (chapter 8), one `python -m identity_study.sweep` per configuration and precision,
+Training goes through the sweep (chapter 8), one `python -m identity_study.sweep run` per configuration and precision,
 so a run that is finished is skipped, an interrupted one resumes, and two lanes never train the same run. bf16 should
 only be trained where the CPU computes it natively (`identity_study.data.native_bf16`); elsewhere it is emulated and
 about ten times slower (benchmarks/README.md).
@@ -68,7 +68,8 @@ def train(precisions, seeds: int, runs_dir: Path, reverse: bool = False, rerun_s
     configs = [(depth, row) for depth in DEPTHS for row in ROWS]
     for precision in precisions:
         for depth, row in (configs[::-1] if reverse else configs):
-            cmd = [sys.executable, "-m", "identity_study.sweep", "table2", "--profile", "mini", "--seeds", str(seeds),
+            cmd = [sys.executable, "-m", "identity_study.sweep", "run", "table2", "--profile", "mini", "--seeds",
+                   str(seeds),
                    "--only", f"{row} [ResNet-{depth}]", "--set", f"precision={precision}", "--set", "threads=1",
                    "--jobs", "1", "--runs-dir", str(runs_dir)] + (["--set", "rerun=true"] if rerun_stale else [])
             code = max(code, subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT).returncode)

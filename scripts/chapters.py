@@ -31,19 +31,21 @@ META_KEY = "identity_study"        # the notebook-level metadata key; settings.i
 
 
 def chapters() -> list[Path]:
-    "The chapters in reading order: nbs/NN_*.ipynb (train.ipynb, papermill's template, is not one)."
-    return sorted(NBS.glob("[0-9][0-9]_*.ipynb"))
+    """The chapters in reading order: nbs/NN_*.ipynb, each followed by its sections nbs/NNa_*.ipynb, NNb_...
+    (chapter 8 and its 8a-8e); train.ipynb, papermill's template, is not one."""
+    return sorted(p for p in NBS.glob("[0-9][0-9]*_*.ipynb") if re.fullmatch(r"\d\d[a-z]?", p.stem.split("_", 1)[0]))
 
 
 def select(names) -> list[Path]:
-    "The chapters named by `names` (a stem such as 09_figures, its number 09, or a file name); all when empty."
+    """The chapters named by `names` (a stem such as 09_figures, its number 09, which takes its sections 09a, ...
+    too, a section's 08b, or a file name); all when empty."""
     every = chapters()
     if not names:
         return every
     chosen = []
     for name in names:
         stem = Path(name).name.removesuffix(".ipynb")
-        found = [p for p in every if p.stem == stem or p.stem.split("_", 1)[0] == stem]
+        found = [p for p in every if p.stem == stem or p.stem.split("_", 1)[0] in (stem, stem + p.stem[2:3])]
         if not found:
             raise SystemExit(f"no chapter {name!r}; the chapters are: {', '.join(p.stem for p in every)}")
         chosen += [p for p in found if p not in chosen]

@@ -50,7 +50,7 @@ def title_and_summary(nb: dict) -> tuple[str, str]:
     return title, summary
 
 
-_CHAPTER_LINK = re.compile(r'href="(?:\./|\.\./nbs/)?([0-9][0-9]_[\w-]+)\.ipynb(#[^"]*)?"')
+_CHAPTER_LINK = re.compile(r'href="(?:\./|\.\./nbs/)?([0-9][0-9][a-z]?_[\w-]+)\.ipynb(#[^"]*)?"')
 _REMOTE = re.compile(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>\s*|<link[^>]+href="https?://[^"]*"[^>]*>\s*')
 
 
@@ -62,15 +62,18 @@ def rewrite_links(page: str, stems: set) -> str:
 
 
 _CODE_OR_MATH = re.compile(r"(`[^`]*`|\$\$.*?\$\$|\$[^$]*\$|\[[^\]]*\]\([^)]*\))", re.S)
-_CHAPTER_MENTION = re.compile(r"\b([Cc]hapters?) (\d{1,2})\b(?!\.\d)")
+_CHAPTER_MENTION = re.compile(r"\b([Cc]hapters?) (\d{1,2})([a-z]?)\b(?!\.\d)")
 
 
 def link_chapters(markdown: str, pages: dict) -> str:
-    """Make every "chapter N" of the prose a link to chapter N's page (`pages`: number -> stem). Headings, code,
-    maths and existing links are left alone."""
+    """Make every "chapter N" (or "chapter 8b", a section) of the prose a link to that chapter's page (`pages`:
+    number -> stem, and '8b' -> stem for a section). Headings, code, maths and existing links are left alone."""
+    def key(m):
+        return f"{int(m.group(2))}{m.group(3)}" if m.group(3) else int(m.group(2))
+
     def in_text(segment: str) -> str:
-        return _CHAPTER_MENTION.sub(lambda m: f"[{m.group(1)} {m.group(2)}]({pages[int(m.group(2))]}.ipynb)"
-                                    if int(m.group(2)) in pages else m.group(0), segment)
+        return _CHAPTER_MENTION.sub(lambda m: f"[{m.group(1)} {m.group(2)}{m.group(3)}]({pages[key(m)]}.ipynb)"
+                                    if key(m) in pages else m.group(0), segment)
     lines = []
     for line in markdown.split("\n"):
         if line.lstrip().startswith("#"):
@@ -121,7 +124,10 @@ def build(site: Path) -> list[Path]:
     for path in paths:
         nb = json.loads(path.read_text(encoding="utf-8"))
         books.append((path, nb, *title_and_summary(nb)))
-    pages = {int(p.stem[:2]): p.stem for p in paths}
+    pages = {}          # "chapter 8": 08_sweep; "chapter 8b", a section: 08b_sweep_local
+    for p in paths:
+        section = p.stem.split("_", 1)[0][2:]
+        pages.setdefault(f"{int(p.stem[:2])}{section}" if section else int(p.stem[:2]), p.stem)
     for _, nb, *_ in books:
         for cell in nb["cells"]:
             if cell["cell_type"] == "markdown":
@@ -141,9 +147,16 @@ def build(site: Path) -> list[Path]:
         out = site / f"{path.stem}.html"
         out.write_text(body, encoding="utf-8")
         written.append(out)
-    items = "\n".join(f'<li><a href="{p.stem}.html">{html.escape(title)}</a><br>'
-                      f'<span class="summary">{html.escape(summary)}</span></li>'
-                      for p, _, title, summary in books)
+    listed = []         # a section (08a_...) is listed under its chapter, so the chapters keep their numbers
+    for p, _, title, summary in books:
+        entry = (f'<a href="{p.stem}.html">{html.escape(title)}</a><br>'
+                 f'<span class="summary">{html.escape(summary)}</span>')
+        if re.match(r"\d\d[a-z]_", p.stem) and listed:
+            listed[-1][1].append(entry)
+        else:
+            listed.append((entry, []))
+    items = "\n".join(f"<li>{entry}" + ("<ul>" + "".join(f"<li>{s}</li>" for s in sections) + "</ul>" if sections
+                                        else "") + "</li>" for entry, sections in listed)
     (site / "index.html").write_text(INDEX.format(items=items), encoding="utf-8")
     return [site / "index.html", *written]
 

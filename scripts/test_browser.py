@@ -440,7 +440,7 @@ def check_site(browser, site: Path, results: Results):
                     target = link.split("#")[0][len(base) + 1:]
                     if target and not (site / target).exists():
                         problems.append(f"broken link to {target}")
-                chapter_links = sum(1 for h in links if re.search(r"/\d\d_[\w-]+\.html", h))
+                chapter_links = sum(1 for h in links if re.search(r"/\d\d[a-z]?_[\w-]+\.html", h))
                 if stem == "index" and chapter_links < len(pages) - 1:
                     problems.append(f"the contents page links {chapter_links} chapters, the site has {len(pages) - 1}")
                 problems += [f"not found: {f}" for f in failed]

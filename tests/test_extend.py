@@ -82,8 +82,8 @@ def test_a_plugin_unit_trains_through_papermill(plugin):
 def test_a_plugin_unit_trains_through_a_sweep(plugin):
     module, unit, folder = plugin
     runs = folder / "runs"
-    cmd = [sys.executable, "-m", "identity_study.sweep", "table2", "--profile", "smoke", "--seeds", "1", "--runs-dir",
-           str(runs), "--only", "full pre-activation [ResNet-110]", "--set", f"unit={unit}", "--set",
+    cmd = [sys.executable, "-m", "identity_study.sweep", "run", "table2", "--profile", "smoke", "--seeds", "1",
+           "--runs-dir", str(runs), "--only", "full pre-activation [ResNet-110]", "--set", f"unit={unit}", "--set",
            "dataset=synthetic", "--set", "depth=20", "--plugin", module]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=folder, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -126,8 +126,8 @@ def test_a_sweep_does_not_count_a_stale_record_as_done(plugin):
     runs = folder / "runs"
     train(unit=unit, plugins=[module], run_dir=runs, seed=0, **{**SMOKE, "profile": "smoke"})
     _reload(module, unit, folder, factor="2 * ")
-    cmd = [sys.executable, "-m", "identity_study.sweep", "table2", "--profile", "smoke", "--seeds", "1", "--runs-dir",
-           str(runs), "--only", "full pre-activation [ResNet-110]", "--set", f"unit={unit}", "--set",
+    cmd = [sys.executable, "-m", "identity_study.sweep", "run", "table2", "--profile", "smoke", "--seeds", "1",
+           "--runs-dir", str(runs), "--only", "full pre-activation [ResNet-110]", "--set", f"unit={unit}", "--set",
            "dataset=synthetic", "--set", "depth=20", "--set", "threads=1", "--set", "progress=false",
            "--plugin", module, "--dry-run"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=folder, timeout=600).stdout

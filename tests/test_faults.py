@@ -252,7 +252,7 @@ def test_kill_9_at_each_step_of_a_checkpoint_write_then_resume_is_exact(moment, 
 # 2. a sweep killed in the middle of a table, then started again
 
 def _sweep_cmd(run_dir, only, sets=SWEEP_SET):
-    cmd = [sys.executable, "-m", "identity_study.sweep", "table1", "--profile", "smoke", "--seeds", "1",
+    cmd = [sys.executable, "-m", "identity_study.sweep", "run", "table1", "--profile", "smoke", "--seeds", "1",
            "--runs-dir", str(run_dir), "--only", only]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
@@ -305,11 +305,10 @@ def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
         log.close()
     interrupted = going[0].name
 
-    lines = []
     frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=sets, only="constant scaling",
-                  wait_poll=0.2, log=lines.append)
+                  wait_poll=0.2)
     actions = dict(zip(frame.run_id, frame.action))
-    assert len(frame) == 3 and (frame.status == "completed").all(), lines
+    assert len(frame) == 3 and (frame.status == "completed").all(), frame.to_string()
     for run_id in updated:
         assert actions[run_id] == "skipped"                       # finished before the kill: not trained again
     assert actions[interrupted] == "resumed"
@@ -551,14 +550,12 @@ def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.delenv("IN_TEST", raising=False)
     runs = tmp_path / "runs"
     overrides = dict(SWEEP_SET, depth=8, lr=1e6, warmup_iterations=0)
-    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5",
-                  log=lambda *a: None)
+    frame = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5")
     assert list(frame.action) == ["trained", "trained"] and list(frame.status) == ["diverged", "diverged"], frame
     for path in _run_folders(runs):
         _assert_record_readable(path, status="diverged")
         assert (path / "notebook.ipynb").exists()                     # the notebook ran to its end
-    again = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5",
-                  log=lambda *a: None)
+    again = sweep("table1", "smoke", seeds=1, run_dir=runs, overrides=overrides, only="constant scaling (0.5")
     assert list(again.action) == ["skipped", "skipped"]               # diverging is a result: not retried
 
 

@@ -1,5 +1,6 @@
 "The study pipeline: the papermill training notebook, the registry, sweeps and the figure notebook, end to end."
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -85,16 +86,17 @@ def test_registry_covers_every_row_of_tables_1_to_5():
     assert len(configs("table2", "paper")) == 50                          # 10 entries x the paper's 5 seeds
 
 
-def test_smoke_sweep_of_tables_1_and_2_and_the_figure_notebook(tmp_path):
+def test_smoke_sweep_of_tables_1_and_2_and_the_figure_notebook(tmp_path, caplog):
     runs, figs = tmp_path / "runs", tmp_path / "figures"
-    logs = []
-    first = pd.concat([sweep(t, "smoke", seeds=1, run_dir=runs, jobs=2, log=logs.append) for t in ("table1", "table2")])
+    caplog.set_level(logging.INFO, logger="identity_study")       # the sweep reports through logging
+    first = pd.concat([sweep(t, "smoke", seeds=1, run_dir=runs, jobs=2) for t in ("table1", "table2")])
     # table 2's original ResNet-110 is table 1's first run: found done, not trained again
     assert (first.status == "completed").all() and (first.action == "skipped").sum() == 1
     assert len({p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")}) == 21
     assert all((runs / r / "notebook.ipynb").exists() for r in first.run_id)   # executed notebook beside the record
-    again = sweep("table1", "smoke", seeds=1, run_dir=runs, log=logs.append)
+    again = sweep("table1", "smoke", seeds=1, run_dir=runs)
     assert (again.action == "skipped").all()
+    assert caplog.text.count("trained -> completed") == 21 and caplog.text.count("already completed, skipped") == 13
 
     frame = gather_runs(runs)
     assert len(frame) == 21 and (frame.status == "completed").all()

@@ -55,7 +55,7 @@ def _env(**extra):
 
 
 def sweep_cmd(runs, only, sets=SMALL, *extra, table="table1", executor="slurm"):
-    cmd = [sys.executable, "-m", "identity_study.sweep", table, "--profile", "smoke", "--seeds", "1",
+    cmd = [sys.executable, "-m", "identity_study.sweep", "run", table, "--profile", "smoke", "--seeds", "1",
            "--runs-dir", str(runs), "--only", only, "--executor", executor]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={json.dumps(v)}"]
@@ -251,7 +251,7 @@ def _submitted_count():
 
 
 def _main(argv, monkeypatch, capsys, **env):
-    "What `python -m identity_study.sweep argv` says: (exit status or message, stdout)."
+    "What `python -m identity_study.sweep argv` says (argv: the whole command): (exit status or message, stdout)."
     from identity_study.sweep import main
     capsys.readouterr()
     with monkeypatch.context() as m:
