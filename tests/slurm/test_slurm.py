@@ -158,8 +158,9 @@ def test_a_requeued_job_resumes_to_the_metrics_of_an_uninterrupted_run(work):
             return False
         return s["status"] == "interrupted" and 0 < s["iterations_done"] < EXACT["iterations"] / 2
     wait_until(between_checkpoints, 180, "the first checkpoint")
-    import submitit
-    submitit.SlurmJob(interrupted / ".slurm" / job_id, job_id)._interrupt()    # what a preemption does: TERM, USR2
+    # what a preemption does to a submitit job: SIGTERM, then submitit's requeue signal (USR2)
+    for sig in ("SIGTERM", "USR2"):
+        subprocess.run(["scancel", job_id, "--signal", sig], check=True, timeout=30)
     wait_until(lambda: jobs_ended([job_id, *markers(reference).values()]), 240, "the jobs to end")
     assert slurm_states([job_id]) == {job_id: "COMPLETED"}
     _, record = assert_complete(path, requeued=1)
