@@ -69,7 +69,7 @@ def cifar_layout(depth: int, block: str | None = None):
 
 
 def imagenet_layout(depth: int, block: str | None = None):
-    "The block form and units per stage of an ImageNet net (fb.resnet.torch's table, paper-facts §4.5)."
+    "The block form and units per stage of an ImageNet net (the table of fb.resnet.torch's `preresnet.lua`)."
     if depth not in IMAGENET_LAYOUTS:
         raise ValueError(f"ImageNet depth {depth!r} is not defined; valid choices: {_choices(IMAGENET_LAYOUTS)}")
     layout_block, units = IMAGENET_LAYOUTS[depth]
@@ -186,7 +186,7 @@ class ResNet(nn.Module):
 
 
 def init_weights(net: nn.Module) -> nn.Module:
-    "He initialisation (paper-facts §4.4) of the layers outside the residual units; each unit initialises itself."
+    "He initialisation (`resnet-pre-act.lua`'s) of the layers outside the residual units; each unit initialises itself."
     def visit(module):                  # depth first, in the order of net.modules(): the random draws keep theirs
         if isinstance(module, ResidualUnit):
             module.reset_parameters()
