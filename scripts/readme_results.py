@@ -22,7 +22,8 @@ def _cell(value) -> str:
 
 def block(claims: pd.DataFrame) -> str:
     counts = claims.verdict.value_counts()
-    lines = [BEGIN, "", "| claim (paper-facts §7) | tested at this scale | paper | study, mini | Holm p | verdict |",
+    lines = [BEGIN, "",
+             "| claim (chapter 10's numbering) | tested at this scale | paper | study, mini | Holm p | verdict |",
              "|---|---|---|---|---|---|"]
     for r in claims.itertuples():
         p = "" if pd.isna(r.p_holm) else f"{r.p_holm:.3g}"
