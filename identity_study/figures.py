@@ -12,16 +12,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from scipy import stats
 
 from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
 from .params import PRECISIONS, resolve_params
+from .propagation import unit_title, variant_title
 from .records import METRIC_COLUMNS, TERMINAL_STATUSES
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'FIGURES', 'gather_runs', 'gather_metrics', 'entry_run_ids',
-           'table_frame', 'chance_level', 'compare_groups', 'holm', 'verdict', 'plot_training_curves', 'draw_figure']
+__all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'OKABE_ITO', 'FIGURES', 'gather_runs', 'gather_metrics',
+           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'holm', 'verdict', 'save_figure',
+           'loss_scale', 'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure',
+           'depth_figure']
 
 # %% ../nbs/09_figures.ipynb #2264d661
 RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
@@ -195,40 +197,140 @@ def verdict(comparison: dict, claim: str, p_adjusted: float, alpha: float = ALPH
     return "reproduced" if (d > 0) == (claim == "worse") else "contradicted"
 
 # %% ../nbs/09_figures.ipynb #d9b12897
+# Okabe & Ito's colours, told apart with the common colour-vision deficiencies, in the order a figure's series take
+# them: the first five differ in hue and lightness (sky blue, next to blue, and yellow, on white, come last)
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#D55E00", "#56B4E9", "#F0E442"]
+
+
+def save_figure(fig, path, dpi: int = 150) -> Path:
+    """Save `fig` as the notebook shows it: cropped to the tight bounding box of everything drawn (what the inline
+    backend does), so that no title or legend outside the axes is cut off. Every figure of the study is saved here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def loss_scale(values) -> str:
+    "'log' where the positive finite `values` span more than a factor of ten, else 'linear'."
+    # a log axis over a smaller range only squeezes it, and its ticks read like 2.6×10⁰
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return "log" if len(v) and v.max() / v.min() > 10 else "linear"
+
+
+def _series_parts(entry: Entry) -> tuple:
+    "(the unit with its Table 1 options, the net) of a table entry."
+    p = entry.params
+    options = {k: v for k, v in p.items() if k not in ("unit", "depth", "dataset", "recipe", "block")}
+    net = f"ResNet-{p['depth']}" + (" (one-layer units)" if p.get("block") == "one_layer" else "")
+    if p["dataset"] != "cifar10":
+        net += f" on {p['dataset'].replace('_', ' ').replace('cifar', 'CIFAR-')}"
+    return unit_title(p["unit"], options), net
+
+
+def series_label(entry: Entry) -> str:
+    "A table entry as a legend names it: its unit with the Table 1 options, and its net ('pre-activation, ResNet-1001')."
+    return ", ".join(_series_parts(entry))
+
+
+def curve_data(metrics: pd.DataFrame, runs: pd.DataFrame, run_ids, label: str) -> pd.DataFrame:
+    "The metrics rows of `run_ids` as one series `label`, each row with its run's precision and planned iterations."
+    m = metrics[metrics.run_id.isin(list(run_ids))]
+    info = runs.drop_duplicates("run_id").set_index("run_id")[["precision", "iterations"]]
+    m = m.merge(info, left_on="run_id", right_index=True, how="left")
+    return m.assign(label=label, test_error_pct=100 * m["test_error"])
+
+
+def _record_label(item, i: int) -> str:
+    "A run record named as a reader would ('pre-activation, ResNet-110, seed 0'); its run id has underscores."
+    p = getattr(item, "params", {})
+    if "unit" in p and "depth" in p:
+        return f"{unit_title(p['unit'], p.get('net', {}).get('unit_options'))}, ResNet-{p['depth']}, seed {p.get('seed')}"
+    return str(getattr(item, "run_id", f"run {i}")).replace("_", " ")
+
+
 def _curve_frame(items, labels=None) -> pd.DataFrame:
     frames = []
     for i, item in enumerate(items):
         m = item.metrics if hasattr(item, "metrics") else item
-        label = labels[i] if labels else getattr(item, "run_id", f"run {i}")
-        frames.append(m.assign(label=label, test_error_pct=100 * m["test_error"]))
+        label = labels[i] if labels else _record_label(item, i)
+        run_id = getattr(item, "run_id", label)
+        extra = {k: item.params[k] for k in ("precision", "iterations") if k in getattr(item, "params", {})}
+        frames.append(m.assign(label=label, run_id=run_id, test_error_pct=100 * m["test_error"], **extra))
     return pd.concat(frames, ignore_index=True)
 
 
-def plot_training_curves(items, labels=None, ax=None, title=None, palette=None):
-    "Training loss (dashed, log, left) and test error in % (solid, right) against iterations."
+def _joined(values) -> str:
+    "Distinct values in order ('300 and 900', 'bf16 and fp32'), numbers without a trailing '.0'."
+    distinct = {v for v in values if not pd.isna(v) and v != ""}
+    numbers = sorted(float(v) for v in distinct if isinstance(v, (int, float, np.number)))
+    words = sorted(str(v) for v in distinct if not isinstance(v, (int, float, np.number)))
+    return " and ".join([f"{v:g}" for v in numbers] + words)
+
+
+def _series_info(data: pd.DataFrame) -> pd.DataFrame:
+    "Per series: how many runs (seeds), their precision and their planned iterations."
+    by_label = data.groupby("label", sort=False)
+    info = pd.DataFrame({"seeds": by_label[("run_id" if "run_id" in data else "label")].nunique()})
+    info["precision"] = by_label.precision.agg(_joined) if "precision" in data else ""
+    # without the plan of the runs, the last iteration that was logged
+    info["iterations"] = by_label[("iterations" if "iterations" in data else "iteration")].agg(
+        lambda s: _joined(s) if "iterations" in data else _joined([s.max()]))
+    return info
+
+
+def plot_training_curves(items, labels=None, ax=None, title=None, palette=None, legend_cols: int = 1):
+    """Training loss (dashed, left axis) and test error in % (solid, right axis) against iterations, one series a
+    label: the median over its runs with their range as a band (a single run is drawn alone, without a band). The
+    loss axis is logarithmic only where the loss spans more than a factor of ten. One legend entry a series, below
+    the axes, with its number of seeds, its precision and, where the series differ, its iterations."""
     data = items if isinstance(items, pd.DataFrame) else _curve_frame(items, labels)
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4))
+        _, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
     right = ax.twinx()
     order = list(dict.fromkeys(data["label"]))
-    palette = palette or dict(zip(order, sns.color_palette("colorblind", len(order))))
-    band = ("pi", 100)
-    sns.lineplot(data=data, x="iteration", y="train_loss", hue="label", hue_order=order, palette=palette, ax=ax,
-                 estimator="median", errorbar=band, linestyle="--", legend=False)
-    sns.lineplot(data=data, x="iteration", y="test_error_pct", hue="label", hue_order=order, palette=palette,
-                 ax=right, estimator="median", errorbar=band, legend=True)
-    ax.set_yscale("log")
+    palette = palette or dict(zip(order, OKABE_ITO * (len(order) // len(OKABE_ITO) + 1)))
+    info = _series_info(data)
+    differ = info.iterations.nunique() > 1
+    summary = data.groupby(["label", "iteration"], sort=False).agg(
+        loss=("train_loss", "median"), loss_lo=("train_loss", "min"), loss_hi=("train_loss", "max"),
+        err=("test_error_pct", "median"), err_lo=("test_error_pct", "min"), err_hi=("test_error_pct", "max"))
+    handles = []
+    for label in order:
+        s, color, n = summary.loc[label], palette[label], int(info.seeds[label])
+        ax.plot(s.index, s.loss, linestyle="--", color=color)
+        line, = right.plot(s.index, s.err, color=color)
+        if n > 1:                       # the range of the seeds; one seed has none to show
+            ax.fill_between(s.index, s.loss_lo, s.loss_hi, color=color, alpha=0.15, lw=0)
+            right.fill_between(s.index, s.err_lo, s.err_hi, color=color, alpha=0.15, lw=0)
+        details = [f"{n} seed{'s' if n != 1 else ''}", info.precision[label]]
+        details += [f"{info.iterations[label]} iterations"] if differ else []
+        handles.append((line, f"{label} ({', '.join(d for d in details if d)})"))
+    ax.set_yscale(loss_scale(summary[["loss_lo", "loss_hi"]].to_numpy()))
     ax.set_xlabel("iterations")
     ax.set_ylabel("training loss (dashed)")
-    right.set_ylabel("test error % (solid)")
-    right.set_ylim(0, min(100, max(25, float(np.nanmax(data["test_error_pct"])) * 1.05)))
-    ax.grid(True, which="both", alpha=0.3)
+    right.set_ylabel("test error (%) (solid)")
+    right.set_ylim(0, min(100, max(25, float(np.nanmax(summary.err_hi)) * 1.05)))
+    ax.grid(True, alpha=0.3)
     right.grid(False)
-    if right.get_legend():
-        sns.move_legend(right, "upper right", title=None, fontsize="small")
+    ax.legend(*zip(*handles), loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=legend_cols,
+              fontsize="small", frameon=False)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
     return ax.figure
+
+
+def curves_caption(data: pd.DataFrame, profile: str | None = None) -> str:
+    "The line under a curve figure's title: profile, iterations, precision and seeds of the runs in `data`."
+    info = _series_info(data)
+    iterations = _joined(float(v) for s in info.iterations for v in s.split(" and ") if v)
+    precision = _joined(v for s in info.precision for v in s.split(" and "))
+    seeds = f"{info.seeds.min()}" if info.seeds.min() == info.seeds.max() else f"{info.seeds.min()}–{info.seeds.max()}"
+    parts = [f"profile '{profile}'" if profile else "", f"{iterations} iterations", precision,
+             f"{seeds} seed{'s' if info.seeds.max() != 1 else ''} a series, median with the range of the seeds as "
+             f"a band"]
+    return ", ".join(p for p in parts if p)
 
 # %% ../nbs/09_figures.ipynb #ef703d27
 FIGURES = {
@@ -241,7 +343,7 @@ FIGURES = {
     "fig6": dict(title="Fig. 6: activation variants (CIFAR-10)",
                  panels=[[("table2", "original Residual Unit", "ResNet-110"), ("table2", "BN after addition", "ResNet-110")],
                          [("table2", "original Residual Unit", "ResNet-164"), ("table2", "full pre-activation", "ResNet-164")]]),
-}
+}   # each panel: the (table, row, case) of Chapter 7's entries it draws, one series each
 
 
 def _entry(table, row, case) -> Entry:
@@ -251,31 +353,76 @@ def _entry(table, row, case) -> Entry:
     raise KeyError((table, row, case))
 
 
+def _panel_title(entries) -> str:
+    "'original vs pre-activation, ResNet-1001' where the series share the net, else their labels joined."
+    units, nets = zip(*map(_series_parts, entries))
+    if len(set(nets)) == 1:
+        return " vs ".join(units) + f", {nets[0]}"
+    return " vs ".join(map(series_label, entries))
+
+
 def draw_figure(name: str, metrics: pd.DataFrame, runs: pd.DataFrame, profile: str, seeds=range(5),
                 overrides: dict | None = None):
-    "Draw one of the paper's curve figures from the runs; panels without runs say 'missing'."
+    """Draw one of the paper's curve figures from the runs: one series per table entry, its seeds counted apart;
+    panels without runs say 'missing'. The line under the title says the profile, iterations, precision and seeds."""
     spec = FIGURES[name]
     panels = spec["panels"]
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.6 * ncols, 4.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.6 * ncols, 5.0 * nrows), squeeze=False, layout="constrained")
     finished = set(runs.run_id[runs.status.isin(TERMINAL_STATUSES)]) if len(runs) else set()
+    labels = list(dict.fromkeys(series_label(_entry(*key)) for panel in panels for key in panel))
+    palette = dict(zip(labels, OKABE_ITO * (len(labels) // len(OKABE_ITO) + 1)))   # one colour a series, all panels
+    drawn = []
     for ax, panel in zip(axes.flat, panels):
-        parts = []
-        for table, row, case in panel:
-            entry = _entry(table, row, case)
-            ids = entry_run_ids(entry, profile, seeds, overrides, available=finished)
-            m = metrics[metrics.run_id.isin(ids)]
-            if len(m):
-                label = f"{entry.params['depth']}, {entry.row}" + (f" ({len(ids)} seeds)" if len(ids) > 1 else "")
-                parts.append(m.assign(label=label, test_error_pct=100 * m["test_error"]))
-        title = " vs ".join(f"{row}" + (f" [{case}]" if case else "") for _, row, case in panel)
+        entries = [_entry(*key) for key in panel]
+        parts = [curve_data(metrics, runs, entry_run_ids(e, profile, seeds, overrides, available=finished),
+                            series_label(e)) for e in entries]
+        parts = [p for p in parts if len(p)]
         if parts:
-            plot_training_curves(pd.concat(parts, ignore_index=True), ax=ax, title=title)
+            plot_training_curves(pd.concat(parts, ignore_index=True), ax=ax, title=_panel_title(entries),
+                                 palette=palette)
+            drawn += parts
         else:
             ax.text(0.5, 0.5, "missing: no finished runs", ha="center", va="center", transform=ax.transAxes)
-            ax.set_title(title)
+            ax.set_title(_panel_title(entries), fontsize="medium")
             ax.set_axis_off()
-    fig.suptitle(f"{spec['title']} — profile '{profile}'")
-    fig.tight_layout()
+    for ax in axes.flat[len(panels):]:
+        fig.delaxes(ax)
+    caption = curves_caption(pd.concat(drawn, ignore_index=True), profile) if drawn else f"profile '{profile}'"
+    fig.suptitle(f"{spec['title']}\n{caption}")
+    return fig
+
+
+def depth_figure(curves: pd.DataFrame, profiles: pd.DataFrame, profile: str | None = None, title: str = ""):
+    """Chapter 10's depth figure: the training curves in `curves` (`curve_data` frames, labelled by `series_label`)
+    beside the propagation profile of the untrained nets in `profiles` (`propagation_profile` frames, one variant a
+    unit): the gradient reaching each unit and its direct term. A profiled unit takes the colour of its curve."""
+    fig, (ax_curve, ax_prof) = plt.subplots(1, 2, figsize=(13, 6), layout="constrained")
+    order = list(dict.fromkeys(curves.label)) if len(curves) else []
+    palette = dict(zip(order, OKABE_ITO))
+    if order:
+        plot_training_curves(curves, ax=ax_curve, palette=palette, title="training")
+    else:
+        ax_curve.text(0.5, 0.5, "missing: no runs", ha="center", transform=ax_curve.transAxes)
+        ax_curve.set_axis_off()
+    spare = iter(c for c in OKABE_ITO if c not in palette.values())
+    handles = []
+    for (net, variant), g in profiles.groupby(["net", "variant"], sort=False):
+        label = f"{variant_title(variant)}, {net}"
+        color = palette.get(label) or next(spare)
+        measured, = ax_prof.plot(g.unit_index, g.grad_norm_rel, color=color)
+        direct, = ax_prof.plot(g.unit_index, g.direct_term_rel.where(g.direct_term_rel > 0), color=color,
+                               linestyle=":", lw=2)
+        handles += [(measured, f"{label}: measured"), (direct, f"{label}: direct term")]
+    ax_prof.set_yscale(loss_scale(profiles[["grad_norm_rel", "direct_term_rel"]].to_numpy()))
+    ax_prof.set_xlabel("residual unit $l$")
+    ax_prof.set_ylabel(r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$")
+    ax_prof.set_title(f"at initialisation ({int(profiles.n_images.iloc[0])} images, {profiles.dtype.iloc[0]})"
+                      if len(profiles) else "at initialisation", fontsize="medium")
+    ax_prof.grid(True, alpha=0.3)
+    if handles:
+        ax_prof.legend(*zip(*handles), loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small", frameon=False)
+    caption = curves_caption(curves, profile) if len(curves) else f"profile '{profile}'"
+    fig.suptitle(f"{title}\n{caption}" if title else caption)
     return fig

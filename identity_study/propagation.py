@@ -18,8 +18,9 @@ from .models import resnet
 from .units import UNITS
 
 # %% auto #0
-__all__ = ['PROFILE_VARIANTS', 'ToyUnit', 'ToyResidualStack', 'toy_loss', 'variant_label', 'silence_residual_branches',
-           'propagation_profile', 'profile_variants', 'plot_propagation']
+__all__ = ['PROFILE_VARIANTS', 'UNIT_TITLES', 'ToyUnit', 'ToyResidualStack', 'toy_loss', 'variant_label',
+           'silence_residual_branches', 'propagation_profile', 'profile_variants', 'variant_title', 'unit_title',
+           'plot_propagation']
 
 # %% ../nbs/00_propagation.ipynb #6e377590
 _ACTIVATIONS = {None: lambda x: x, "relu": torch.relu}
@@ -258,40 +259,112 @@ def profile_variants(depth: int, images: torch.Tensor, labels: torch.Tensor, var
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/00_propagation.ipynb #e91bfaba
-_SERIES = {"grad_norm_rel": "measured ‖∂ℰ/∂x_l‖", "direct_term_rel": "direct term (measured)",
-           "prod_lambda": "∏λ (Eq. 8)", "forward_norm_rel": "measured ‖x_l‖",
-           "forward_prod_lambda": "∏λ (Eq. 7, first term)"}
+# The paper's names of chapter 1's units, for titles and legends; a unit of your own is shown by its registry name.
+UNIT_TITLES = {"original": "original", "preact": "pre-activation", "bn_after_add": "BN after addition",
+               "relu_before_add": "ReLU before addition", "relu_preact": "ReLU-only pre-activation",
+               "constant_scaling": "constant scaling", "exclusive_gating": "exclusive gating",
+               "shortcut_gating": "shortcut-only gating", "conv_shortcut": "1×1 conv shortcut",
+               "dropout_shortcut": "dropout shortcut"}
+# the option tokens of `variant_label` as mathtext: a raw "b_g" would print its underscore
+_TOKEN_MATH = [("h×", r"h\times "), ("F×", r"\mathcal{F}\times "), ("b_g=", "b_g="), ("p=", "p=")]
 
 
-def _long(profiles: pd.DataFrame, columns) -> pd.DataFrame:
-    long = profiles.melt(id_vars=["net", "variant", "position", "unit_index"], value_vars=list(columns),
-                         var_name="series", value_name="value")
-    long["series"] = long.series.map(_SERIES)
-    return long[long.value > 0]          # log axes: an exactly-zero direct term is left out
+def _option_math(token: str) -> str:
+    for prefix, tex in _TOKEN_MATH:
+        if token.startswith(prefix):
+            return f"${tex}{token[len(prefix):]}$"
+    return token.replace("_", " ")
+
+
+def variant_title(variant: str) -> str:
+    "A `variant_label` as a reader's title, e.g. 'exclusive_gating b_g=-6' → 'exclusive gating ($b_g=-6$)'."
+    unit, *tokens = variant.split()
+    name = UNIT_TITLES.get(unit, unit.replace("_", " "))
+    return f"{name} ({', '.join(map(_option_math, tokens))})" if tokens else name
+
+
+def unit_title(unit: str, options: dict | None = None) -> str:
+    "The title of `unit` with the Table 1 options in `options` (others are left out), as `variant_title` writes it."
+    tokens = [_OPTION_LABELS[k].format(v) for k, v in (options or {}).items() if k in _OPTION_LABELS]
+    return variant_title(" ".join([unit, *tokens]))
+
+
+# what each curve is, in mathtext (no raw underscores), and how it is drawn so that none hides another: the direct
+# term is a thick translucent band and ∏λ a thin black line with dots, so where the two agree both stay visible
+_SERIES = {"grad_norm_rel": (r"measured $\Vert\partial\mathcal{E}/\partial x_l\Vert$",
+                             dict(color="#0072B2", lw=1.6, zorder=3)),
+           "direct_term_rel": ("direct term (measured)", dict(color="#D55E00", lw=4, alpha=0.45, zorder=2)),
+           "prod_lambda": (r"$\prod\lambda$ (Eq. 8)",
+                           dict(color="black", lw=0.9, marker="o", ms=2.5, markevery=0.08, zorder=4)),
+           "forward_norm_rel": (r"measured $\Vert x_l\Vert$", dict(color="#0072B2", lw=1.6, zorder=3)),
+           "forward_prod_lambda": (r"shortcut gain $\prod\,\Vert\lambda_i h(x_i)\Vert/\Vert x_i\Vert$ (Eq. 7)",
+                                   dict(color="black", lw=0.9, marker="o", ms=2.5, markevery=0.08, zorder=4))}
+_NET_STYLES = ["-", (0, (4, 2)), ":", "-."]          # one line style a net: solid for the first, dashed, …
+# Table 2's units keep the identity shortcut and move BN and ReLU; Table 1's (and any unit of your own) do not
+_IDENTITY_SHORTCUT_UNITS = {"original", "bn_after_add", "relu_before_add", "relu_preact", "preact"}
+_FAMILIES = ("identity shortcut; BN and ReLU moved (Table 2, Fig. 4)",
+             "something on the shortcut: a scale, gate, 1×1 convolution or dropout (Table 1, Fig. 2)")
 
 
 def plot_propagation(profiles: pd.DataFrame, direction: str = "backward", path=None, col_wrap: int = 5):
-    """One log-scale panel per variant: the measured gradient (`direction='backward'`) or forward norm
-    (`'forward'`) across relative depth, beside the ∏λ prediction; one line style per net. Saves to `path` if given."""
-    import seaborn as sns
+    """The gradient (`direction='backward'`) or forward norm (`'forward'`) across relative depth, beside its ∏λ
+    prediction, one panel per variant, one line style per net. The panels are grouped by unit family, and a family
+    shares one log y axis, so its panels compare at a glance. Returns the Figure; saves it to `path` if given."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     columns = {"backward": ["grad_norm_rel", "direct_term_rel", "prod_lambda"],
                "forward": ["forward_norm_rel", "forward_prod_lambda"]}[direction]
-    long = _long(profiles, columns)
-    grid = sns.relplot(data=long, kind="line", x="position", y="value", hue="series", style="net",
-                       col="variant", col_order=list(dict.fromkeys(profiles.variant)), col_wrap=col_wrap,
-                       hue_order=[_SERIES[c] for c in columns], height=2.6, aspect=1.3,
-                       facet_kws=dict(sharey=False), estimator=None, sort=True)
-    grid.set(yscale="log")
-    grid.set_titles("{col_name}", size=9)
-    ylabel = {"backward": r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\ /\ "
-                          r"\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$",
-              "forward": r"$\Vert x_l\Vert\ /\ \Vert x_0\Vert$"}[direction]
-    grid.set_axis_labels("relative depth l/(L−1)", ylabel)
-    for ax in grid.axes.flat:
-        ax.axhline(1.0, color="0.6", lw=0.6, zorder=0)
-    what = {"backward": "gradient reaching each unit's input, relative to the last unit's",
-            "forward": "norm of each unit's input, relative to the first unit's"}[direction]
-    grid.figure.suptitle(f"Signal propagation at initialisation (BN in training mode, float64): {what}", y=1.02)
+    variants = list(dict.fromkeys(profiles.variant))
+    unit_of = dict(zip(profiles.variant, profiles.unit))
+    members = ([v for v in variants if unit_of[v] in _IDENTITY_SHORTCUT_UNITS],
+               [v for v in variants if unit_of[v] not in _IDENTITY_SHORTCUT_UNITS])
+    families = [(name, vs) for name, vs in zip(_FAMILIES, members) if vs]
+    ncols = min(col_wrap, max(len(vs) for _, vs in families))
+    rows = [math.ceil(len(vs) / ncols) for _, vs in families]
+    nets = list(dict.fromkeys(profiles.net))
+    fig = plt.figure(figsize=(2.9 * ncols + 0.6, 2.5 * sum(rows) + 1.6), layout="constrained")
+    subfigs = fig.subfigures(len(families), 1, height_ratios=rows, squeeze=False)[:, 0]
+    ylabel = {"backward": r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$",
+              "forward": r"$\Vert x_l\Vert\,/\,\Vert x_0\Vert$"}[direction]
+    handles = {}
+    for sub, (family, shown), nrows in zip(subfigs, families, rows):
+        sub.suptitle(family, fontsize=10)
+        first = None
+        for k, variant in enumerate(shown):
+            ax = sub.add_subplot(nrows, ncols, k + 1, sharey=first, sharex=first)
+            first = first or ax
+            for column in columns:
+                label, style = _SERIES[column]
+                for net, linestyle in zip(nets, _NET_STYLES):
+                    g = profiles[(profiles.variant == variant) & (profiles.net == net)].sort_values("position")
+                    values = g[column].where(g[column] > 0)       # log axes: an exactly-zero direct term is left out
+                    if values.notna().any():
+                        line, = ax.plot(g.position, values, linestyle=linestyle, **style)
+                        handles.setdefault(f"{label}, {net}", line)
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="0.6", lw=0.6, zorder=0)
+            ax.set_title(variant_title(variant), fontsize=9)
+            ax.yaxis.set_major_locator(LogLocator(numticks=5))   # a few decades, labels that do not collide
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="major", alpha=0.3)
+            if k % ncols == 0:
+                ax.set_ylabel(ylabel)
+            else:
+                ax.tick_params(labelleft=False)
+            if k + ncols >= len(shown):
+                ax.set_xlabel("relative depth $l/(L-1)$")
+            else:
+                ax.tick_params(labelbottom=False)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(columns), fontsize=9,
+               frameon=False)
+    n_images = profiles.groupby("net", sort=False).n_images.first()
+    what = {"backward": "the gradient reaching each unit's input, relative to the last unit's",
+            "forward": "the norm of each unit's input, relative to the first unit's"}[direction]
+    nets_text = " and ".join(f"{net} ({n} images)" for net, n in n_images.items())
+    fig.suptitle(f"Signal propagation at initialisation: {what}\n{nets_text}, one CIFAR-10 batch, "
+                 f"{profiles.dtype.iloc[0]}, BN in training mode", fontsize=11)
     if path is not None:
-        grid.savefig(path, dpi=110, bbox_inches="tight")
-    return grid
+        from identity_study.figures import save_figure      # chapter 9's one save helper, imported when it is needed
+        save_figure(fig, path)
+    return fig
