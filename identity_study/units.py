@@ -125,7 +125,7 @@ def _check_option(unit: str, key: str, value, default):
 
 
 def init_layer(m: nn.Module):
-    "The official code's initialisation of one layer (§4.4): He normal (fan-out) convolutions, BN γ=1 β=0, no bias."
+    "The official code's initialisation of one layer (`resnet-pre-act.lua`'s): He normal (fan-out) convolutions, BN γ=1 β=0, no bias."
     if isinstance(m, nn.Conv2d):
         k = m.kernel_size[0] * m.kernel_size[1]
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (k * m.out_channels)))
@@ -184,7 +184,7 @@ class ResidualUnit(nn.Module):
 
     def make_shortcut(self, kind: str, cin: int, cout: int, stride: int) -> nn.Module:
         "The shortcut h; `kind` is what the net asks for: identity, zero_pad (option A) or projection (option B)."
-        # projection shortcuts read the pre-activated tensor in pre-act units and then carry no BN (§4.4)
+        # projection shortcuts read the pre-activated tensor in pre-act units and then carry no BN (as in `resnet-pre-act.lua`)
         return make_shortcut(kind, cin, cout, stride, bn=self.preactivation is None)
 
     def shortcut_input(self, x, x_preact):
@@ -273,8 +273,8 @@ class PreActUnit(PreActivationUnit):
     figure = "Fig. 1(b), 4(e)"
     preactivation = "bn_relu"
     branch_last_bn = False
-    stem_norm = None              # conv1 alone; the first unit's BN-ReLU activates it (§4.3)
-    final_activation = "bn_relu"  # one extra BN-ReLU after the last addition (§4.3)
+    stem_norm = None              # conv1 alone; the first unit's BN-ReLU activates it (the paper's appendix)
+    final_activation = "bn_relu"  # one extra BN-ReLU after the last addition (the paper's appendix)
 
 # %% ../nbs/01_units.ipynb #f306242d
 @register_unit("constant_scaling")

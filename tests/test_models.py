@@ -7,7 +7,7 @@ from identity_study.models import count_parameters, net_spec, resnet
 
 
 @pytest.mark.parametrize("unit,depth,params", [
-    ("preact", 110, 1_727_962),       # basic, option A (paper-facts §4.7)
+    ("preact", 110, 1_727_962),       # basic, option A (Table 4: 1.7M)
     ("preact", 164, 1_703_258),       # bottleneck
     ("preact", 1001, 10_327_706),
 ])

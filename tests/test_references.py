@@ -54,10 +54,7 @@ CHAPTER10 = "nbs/10_mini_reproduction.ipynb"
 # files with references not yet replaced (their authors are editing them): xfail until clean, then delete the entry
 REMAINING = {
     "nbs/00_propagation.ipynb": "paper-facts § references; /work/shared/data in the message of cifar10_test_batch",
-    "nbs/01_units.ipynb": "paper-facts § references and bare §4.x/§8 (the fact sheet's numbering)",
-    "nbs/07_experiments.ipynb": "paper-facts § references and bare §2/§6.4/§4.1 (the fact sheet's numbering)",
     "nbs/09_figures.ipynb": "paper-facts § references; nbs/07_figures.ipynb (the notebook is nbs/09_figures.ipynb)",
-    CHAPTER10: "paper-facts § references and bare §6.4 (the fact sheet's numbering)",
 }
 CHAPTER10_TYPED = "chapter 10's prose still types the numbers its cells should compute (issue 26, item 6)"
 

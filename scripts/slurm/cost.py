@@ -9,9 +9,10 @@ How the numbers are made (printed under the table too):
 * training FLOPs per image: 3x the forward FLOPs of the run's own net, counted by `torch.utils.flop_counter` on one
   image (the backward pass is about twice the forward);
 * GPU-hours, an **estimate**: no GPU throughput has been measured in this repository (benchmarks/gpu_throughput.py is
-  ready for it). The estimate is anchored on the only GPU times there are, the paper's own (paper-facts: ResNet-1001 on
-  CIFAR takes about 27 h on 2 GPUs, ResNet-200 on ImageNet about 3 weeks on 8 GPUs, 2016 GPUs), scaled by each run's
-  FLOPs x images. A current GPU is several times faster than those, so these are upper figures;
+  ready for it). The estimate is anchored on the only GPU times there are, the paper's own (its text on
+  computational cost: ResNet-1001 on CIFAR takes about 27 h on 2 GPUs, ResNet-200 on ImageNet about 3 weeks on
+  8 GPUs, 2016 GPUs), scaled by each run's FLOPs x images. A current GPU is several times faster than those, so
+  these are upper figures;
 * CPU hours: measured where the repository has it (benchmarks/results_cpu_summary.csv: the trainer's images per second
   for pre-act ResNet-110 and -164, batch 128, on the 2-core machine of this project, native-bf16 class), the other nets
   scaled by FLOPs from the ResNet-164 measurement.
@@ -31,7 +32,7 @@ from identity_study.experiments import TABLES, configs  # noqa: E402
 from identity_study.models import build  # noqa: E402
 from identity_study.params import resolve  # noqa: E402
 
-# the paper's GPU times (../shared/paper-facts.md): (depth, data set family, GPU-hours of one run)
+# the paper's GPU times (its text on computational cost): (depth, data set family, GPU-hours of one run)
 ANCHORS = {"cifar": (1001, "cifar10", 27 * 2), "imagenet": (200, "imagenet", 21 * 24 * 8)}
 _flops = {}
 
