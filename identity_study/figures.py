@@ -230,7 +230,7 @@ def _series_parts(entry: Entry) -> tuple:
 
 
 def series_label(entry: Entry) -> str:
-    "A table entry as a legend names it: its unit with the Table 1 options, and its net ('pre-activation, ResNet-1001')."
+    "A table entry as a legend names it: its unit with its Table 1 options, and its net ('original, ResNet-1001')."
     return ", ".join(_series_parts(entry))
 
 
@@ -246,7 +246,8 @@ def _record_label(item, i: int) -> str:
     "A run record named as a reader would ('pre-activation, ResNet-110, seed 0'); its run id has underscores."
     p = getattr(item, "params", {})
     if "unit" in p and "depth" in p:
-        return f"{unit_title(p['unit'], p.get('net', {}).get('unit_options'))}, ResNet-{p['depth']}, seed {p.get('seed')}"
+        unit = unit_title(p["unit"], p.get("net", {}).get("unit_options"))
+        return f"{unit}, ResNet-{p['depth']}, seed {p.get('seed')}"
     return str(getattr(item, "run_id", f"run {i}")).replace("_", " ")
 
 
@@ -335,14 +336,17 @@ def curves_caption(data: pd.DataFrame, profile: str | None = None) -> str:
 # %% ../nbs/09_figures.ipynb #ef703d27
 FIGURES = {
     "fig1": dict(title="Fig. 1: ResNet-1001 on CIFAR-10, original vs pre-activation",
-                 panels=[[("table3", "CIFAR-10 ResNet-1001", "original"), ("table3", "CIFAR-10 ResNet-1001", "preact")]]),
+                 panels=[[("table3", "CIFAR-10 ResNet-1001", "original"),
+                          ("table3", "CIFAR-10 ResNet-1001", "preact")]]),
     "fig3": dict(title="Fig. 3: shortcut variants against the original ResNet-110 (CIFAR-10)",
                  panels=[[("table1", "original", ""), ("table1", row, "")] for row in
                          ("constant scaling (0.5, 0.5)", "exclusive gating, b_g = -6", "shortcut-only gating, b_g = 0",
                           "1x1 conv shortcut")]),
     "fig6": dict(title="Fig. 6: activation variants (CIFAR-10)",
-                 panels=[[("table2", "original Residual Unit", "ResNet-110"), ("table2", "BN after addition", "ResNet-110")],
-                         [("table2", "original Residual Unit", "ResNet-164"), ("table2", "full pre-activation", "ResNet-164")]]),
+                 panels=[[("table2", "original Residual Unit", "ResNet-110"),
+                          ("table2", "BN after addition", "ResNet-110")],
+                         [("table2", "original Residual Unit", "ResNet-164"),
+                          ("table2", "full pre-activation", "ResNet-164")]]),
 }   # each panel: the (table, row, case) of Chapter 7's entries it draws, one series each
 
 
@@ -417,7 +421,8 @@ def depth_figure(curves: pd.DataFrame, profiles: pd.DataFrame, profile: str | No
         handles += [(measured, f"{label}: measured"), (direct, f"{label}: direct term")]
     ax_prof.set_yscale(loss_scale(profiles[["grad_norm_rel", "direct_term_rel"]].to_numpy()))
     ax_prof.set_xlabel("residual unit $l$")
-    ax_prof.set_ylabel(r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$")
+    ax_prof.set_ylabel(r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,"
+                       r"\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$")
     ax_prof.set_title(f"at initialisation ({int(profiles.n_images.iloc[0])} images, {profiles.dtype.iloc[0]})"
                       if len(profiles) else "at initialisation", fontsize="medium")
     ax_prof.grid(True, alpha=0.3)

@@ -325,7 +325,8 @@ def plot_propagation(profiles: pd.DataFrame, direction: str = "backward", path=N
     nets = list(dict.fromkeys(profiles.net))
     fig = plt.figure(figsize=(2.9 * ncols + 0.6, 2.5 * sum(rows) + 1.6), layout="constrained")
     subfigs = fig.subfigures(len(families), 1, height_ratios=rows, squeeze=False)[:, 0]
-    ylabel = {"backward": r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$",
+    ylabel = {"backward": r"$\Vert\partial\mathcal{E}/\partial x_l\Vert\,/\,"
+                          r"\Vert\partial\mathcal{E}/\partial x_{L-1}\Vert$",
               "forward": r"$\Vert x_l\Vert\,/\,\Vert x_0\Vert$"}[direction]
     handles = {}
     for sub, (family, shown), nrows in zip(subfigs, families, rows):
