@@ -124,7 +124,7 @@ PROFILE_VARIANTS = [
     ("relu_before_add", {}),
     ("relu_preact", {}),
     ("preact", {}),
-]   # every unit of chapter 1, with the Table 1 settings that show the effect (paper-facts §2)
+]   # every unit of chapter 1, with the Table 1 settings that show the effect
 
 _OPTION_LABELS = {"shortcut_scale": "h×{:g}", "residual_scale": "F×{:g}", "gate_bias": "b_g={:g}",
                   "dropout_p": "p={:g}"}

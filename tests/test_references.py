@@ -53,8 +53,6 @@ CHAPTER10 = "nbs/10_mini_reproduction.ipynb"
 
 # files with references not yet replaced (their authors are editing them): xfail until clean, then delete the entry
 REMAINING = {
-    "nbs/00_propagation.ipynb": "paper-facts § references; /work/shared/data in the message of cifar10_test_batch",
-    "nbs/09_figures.ipynb": "paper-facts § references; nbs/07_figures.ipynb (the notebook is nbs/09_figures.ipynb)",
 }
 CHAPTER10_TYPED = "chapter 10's prose still types the numbers its cells should compute (issue 26, item 6)"
 
