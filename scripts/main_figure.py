@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from identity_study.data import load_cifar, normalization_stats  # noqa: E402
+from identity_study.figures import save_figure  # noqa: E402
 from identity_study.models import NetSpec, build  # noqa: E402
 from identity_study.propagation import propagation_profile  # noqa: E402
 from identity_study.records import load_record  # noqa: E402
@@ -72,9 +73,7 @@ def main(runs_dir: Path, figures_dir: Path):
     fig.suptitle(f"ResNet-{p0['depth']} on CIFAR-10, width {p0['width']}, batch {p0['batch_size']}, "
                  f"{p0['iterations']} iterations, {p0['precision']}, seed {p0['seed']}: the identity shortcut "
                  "beside a scaled one", fontsize=11)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    out = figures_dir / "identity_vs_scaling.png"
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    out = save_figure(fig, figures_dir / "identity_vs_scaling.png")
     table = pd.DataFrame(rows).set_index("shortcut")
     (figures_dir / "identity_vs_scaling.json").write_text(json.dumps(rows, indent=1))
     print(table.to_string(float_format="{:.4g}".format))
