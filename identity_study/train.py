@@ -67,10 +67,9 @@ def end_distributed(owned: bool, finished: bool = True):
         dist.destroy_process_group()
 
 
-def _all_reduce(values, device, world: int) -> list:
-    "Sum `values` (numbers, or one tensor of them on the device) over the processes; one host sync."
-    t = values.to(torch.float64) if torch.is_tensor(values) else torch.tensor(values, dtype=torch.float64,
-                                                                              device=device)
+def _all_reduce(values: torch.Tensor, world: int) -> list:
+    "Sum the tensor `values` (on the device) over the processes and return it as numbers: one host sync."
+    t = values.to(torch.float64)
     if world > 1:
         dist.all_reduce(t)
     return t.tolist()
@@ -261,7 +260,7 @@ def evaluate(model, batches, autocast, device, world: int, memory_format=torch.c
                                  (top5 == y[:, None]).any(1).sum()]).double()
             count += len(y)
     model.train(was_training)
-    loss_sum, correct1, correct5, count = _all_reduce(torch.cat([sums, sums.new_tensor([count])]), device, world)
+    loss_sum, correct1, correct5, count = _all_reduce(torch.cat([sums, sums.new_tensor([count])]), world)
     return dict(test_loss=loss_sum / count, test_error=1 - correct1 / count, test_top5_error=1 - correct5 / count)
 
 
@@ -441,6 +440,11 @@ class Run:
         status = "interrupted"
         try:
             batches = self.source.batches(start)
+
+            def interval_sums() -> list:
+                "Loss sum, wrong count and images seen since the last row, over all processes."
+                return _all_reduce(torch.stack([loss_sum, wrong_sum, torch.full_like(loss_sum, seen)]), self.world)
+
             for it in range(start, stop_at):
                 lr = lr_at(it, p)
                 for group in self.optimizer.param_groups:
@@ -455,8 +459,7 @@ class Run:
                     self.sync()      # the clock is read when the device has finished, not when the work was queued
                     timed_at = time.perf_counter()
                 if done % self.check_every == 0 or done == stop_at:
-                    sums = _all_reduce(torch.stack([loss_sum, wrong_sum, torch.full_like(loss_sum, seen)]), self.device,
-                                       self.world)     # one host sync
+                    sums = interval_sums()
                     if not math.isfinite(sums[0]):
                         self.elapsed += time.perf_counter() - t_last
                         self.rows.append(self.row(done, lr, sums))
@@ -472,8 +475,7 @@ class Run:
                     images_per_second = (done - timed_from) * p["batch_size"] / max(now - timed_at, 1e-9)
                     metrics = self.evaluate(final)
                     self.elapsed += time.perf_counter() - t_last
-                    sums = _all_reduce(torch.stack([loss_sum, wrong_sum, torch.full_like(loss_sum, seen)]), self.device,
-                                       self.world)
+                    sums = interval_sums()
                     self.rows.append(self.row(done, lr, sums, **metrics, images_per_second=images_per_second))
                     loss_sum.zero_(), wrong_sum.zero_()
                     seen = 0

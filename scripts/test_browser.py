@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -145,16 +146,29 @@ def stop_group(proc: subprocess.Popen):
         proc.wait(5)
 
 
-def api(url: str, token: str, path: str, method: str = "GET"):
+def api(url: str, token: str, path: str, method: str = "GET", tries: int = 5):
+    """A call to the Jupyter server's REST API. A server error on a read is tried again: listing the kernels while one
+    is still shutting down can answer 500 for a moment (the kernel is gone between listing and describing it)."""
     req = urllib.request.Request(f"{url}{path}", method=method, headers={"Authorization": f"token {token}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        body = r.read()
-    return json.loads(body) if body else None
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                body = r.read()
+            return json.loads(body) if body else None
+        except urllib.error.HTTPError as e:
+            if method != "GET" or e.code < 500 or attempt == tries - 1:
+                raise
+            time.sleep(1 + attempt)
 
 
-def shut_down_kernels(url: str, token: str):
+def shut_down_kernels(url: str, token: str, timeout_s: float = 30):
+    "End every session, then wait until their kernels are gone, so that the next check starts on a quiet server."
     for session in api(url, token, "/api/sessions"):
-        api(url, token, f"/api/sessions/{session['id']}", "DELETE")
+        with contextlib.suppress(urllib.error.HTTPError):        # already ended by the page closing
+            api(url, token, f"/api/sessions/{session['id']}", "DELETE")
+    deadline = time.monotonic() + timeout_s
+    while api(url, token, "/api/kernels") and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def headings(nb: dict) -> list[str]:
@@ -262,7 +276,11 @@ def lab_page(browser, url: str, token: str, results: Results, label: str, shot_n
     except Exception as e:
         with contextlib.suppress(Exception):
             shot(page, shot_name)
-        results.check(label, [f"{type(e).__name__}: {e}"])
+        detail = ""
+        if isinstance(e, urllib.error.HTTPError):       # the server's own account of the error (its traceback)
+            with contextlib.suppress(Exception):
+                detail = "\n" + e.read().decode(errors="replace")[-2000:]
+        results.check(label, [f"{type(e).__name__}: {e}{detail}"])
     finally:
         page.close()
         shut_down_kernels(url, token)
