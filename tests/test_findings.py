@@ -1,0 +1,184 @@
+"""identity_study.findings (chapter 9a): the protocol's rules, each checked on records built for the purpose —
+the three metrics and collapse, which records count and why not, Welch's test, TOST, Holm within a family that never
+shrinks, verdicts in both directions, and claims that wait for their planned seeds."""
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from identity_study.findings import (VERDICTS, Record, claim_test, configuration_run_ids, findings, holm,
+                                     load_protocol, protocol_commit, verdict)
+from identity_study.records import code_fingerprint
+
+stats = pytest.importorskip("scipy.stats")
+ROOT = Path(__file__).resolve().parent.parent
+HEAD = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+MINI = dict(iterations=900, eval_every=90, warmup_iterations=90, lr_steps=[450, 675])
+
+
+def write_record(folder: Path, error: float, losses, status="completed", **params):
+    "A record as train() leaves it: params.json, summary.json and one metrics row per evaluation."
+    folder.mkdir(parents=True)
+    p = {**MINI, "precision": "fp32", "code": code_fingerprint(), "git_commit": HEAD, **params}
+    (folder / "params.json").write_text(json.dumps(p))
+    (folder / "summary.json").write_text(json.dumps(dict(status=status, final_test_error=error / 100)))
+    rows = ["iteration,train_loss"] + [f"{(i + 1) * p['eval_every']},{v}" for i, v in enumerate(losses)]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def protocol(seeds=3, margin=2.0, waived=()):
+    "A two-configuration protocol under mini: a worse-claim, a same-claim and a claim this scale cannot test."
+    return {
+        "protocol": dict(precision="fp32", alpha=0.05, num_classes=10),
+        "collapse": dict(tolerance=0.02),
+        "eligibility": dict(waived_code=list(waived)),
+        "configurations": {
+            "scaled": dict(table="table1", row="constant scaling (0.5, 1)", case="", profile="mini", seeds=seeds),
+            "identity": dict(table="table1", row="original", case="", profile="mini", seeds=seeds)},
+        "families": {"f": dict(claims=["w", "s"])},
+        "claims": [
+            dict(id="w", status="tested", paper_claim="scaling is worse", paper="fail", metric="final_test_error",
+                 direction="worse", a="scaled", b="identity", family="f"),
+            dict(id="s", status="tested", paper_claim="about the same", paper="6.6 vs 6.6",
+                 metric="final_test_error", direction="same", a="scaled", b="identity", family="f", margin=margin),
+            dict(id="g", status="not_testable", paper_claim="needs a GPU", paper="8.70", reason="converged nets",
+                 gpu_hours=5.8, gpu_commands=["sweep ..."])],
+    }
+
+
+def fill(runs: Path, proto: dict, errors: dict, seeds=None, **params):
+    "Records of each configuration with the given final errors, one per seed (loss curves that learn)."
+    for name, values in errors.items():
+        ids = configuration_run_ids(proto["configurations"][name], range(seeds or len(values)), params.get(
+            "precision", "fp32"))
+        for run_id, e in zip(ids, values):
+            write_record(runs / run_id, e, [2.0] * 9 + [1.5], **params)
+
+
+# --- metrics and collapse -----------------------------------------------------------------------------------------
+def test_metrics_read_as_the_protocol_defines_them(tmp_path):
+    losses = [2.3, 2.1, 100.0, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3, 1.2]       # a spike at row 270
+    r = Record.read(write_record(tmp_path / "r", 55.0, losses))
+    assert r.final_test_error() == pytest.approx(55.0)
+    assert r.final_train_loss() == pytest.approx(1.2)                  # row 900 alone covers the last 10 %
+    # lr-0.1 phase rows: 180, 270, 360, 450 (90 < i <= 450): the median of their logs, the spike one rank only
+    assert r.early_log_loss() == pytest.approx(np.median(np.log([2.1, 100.0, 1.8, 1.7])))
+    assert not r.collapsed()
+
+
+def test_a_diverged_run_counts_at_chance_and_has_collapsed(tmp_path):
+    r = Record.read(write_record(tmp_path / "d", 0.0, [2.3, 2.2, float("nan")], status="diverged"))
+    assert r.final_test_error() == pytest.approx(90.0) and r.final_train_loss() == pytest.approx(math.log(10))
+    # rows 180 and 270 missing or non-finite count at max(ln 10, the largest finite phase loss) before the log
+    assert r.early_log_loss() == pytest.approx(math.log(math.log(10)))
+    assert r.collapsed()
+
+
+@pytest.mark.parametrize("last_loss, collapsed", [(2.29, True), (math.log(10) - 0.019, True), (2.25, False)])
+def test_collapse_is_a_last_loss_within_the_tolerance_of_chance(tmp_path, last_loss, collapsed):
+    r = Record.read(write_record(tmp_path / "c", 88.0, [2.3] * 9 + [last_loss]))
+    assert r.collapsed() is collapsed
+
+
+# --- the tests ----------------------------------------------------------------------------------------------------
+def test_welch_p_and_interval_are_scipys():
+    a, b = [71.0, 74.5, 69.8, 73.1, 70.2], [63.9, 66.0, 61.2]
+    t = claim_test("worse", a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert t["p"] == pytest.approx(ref.pvalue, rel=1e-10)
+    assert (t["ci_low"], t["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-10)
+
+
+def test_same_claims_are_decided_both_ways():
+    rng = np.random.default_rng(0)
+    base = list(60 + rng.normal(0, 0.3, 8))
+    inside = claim_test("same", [x + 0.1 for x in base], base, margin=2.0)
+    outside = claim_test("same", [x + 6.0 for x in base], base, margin=2.0)
+    wide = claim_test("same", [60, 70, 50], [58, 66, 55], margin=2.0)
+    assert inside["inside"] and inside["p"] < 1e-6 and verdict("same", inside, inside["p"], 0.05) == "reproduced"
+    assert not outside["inside"] and verdict("same", outside, outside["p"], 0.05) == "contradicted"
+    assert verdict("same", wide, wide["p"], 0.05) == "inconclusive"
+    # TOST: p is the larger of the two one-sided p-values at -M and +M
+    d = np.array([x + 0.1 for x in base])
+    lower = stats.ttest_ind(d + 2.0, base, equal_var=False, alternative="greater").pvalue
+    upper = stats.ttest_ind(d - 2.0, base, equal_var=False, alternative="less").pvalue
+    assert inside["p"] == pytest.approx(max(lower, upper), rel=1e-8)
+
+
+def test_a_significant_difference_against_the_paper_contradicts_it():
+    t = claim_test("worse", [60.0, 61.0, 60.5], [70.0, 71.0, 70.4])
+    assert verdict("worse", t, t["p"], 0.05) == "contradicted"
+    assert verdict("better", t, t["p"], 0.05) == "reproduced"
+    assert verdict("worse", t, 0.2, 0.05) == "inconclusive"
+
+
+def test_holm_steps_down_and_stays_monotone():
+    assert holm([0.01, 0.04, 0.03, 1.0]) == pytest.approx([0.04, 0.09, 0.09, 1.0])
+    assert holm([0.001]) == pytest.approx([0.001])
+
+
+# --- which records count, and the findings ------------------------------------------------------------------------
+def test_clear_difference_is_reproduced_and_the_family_counts_every_member(tmp_path):
+    proto = protocol()
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 81.0], "identity": [60.0, 61.0, 59.5]})
+    claims, configs = findings(tmp_path, proto, repo=ROOT)
+    w, s, g = (claims.set_index("id").loc[i] for i in "wsg")
+    assert w.verdict == "reproduced" and w.agrees == "yes" and (w.n_a, w.n_b) == (3, 3)
+    assert s.verdict == "contradicted"                      # 21 points apart: wholly outside the ±2 margin
+    assert g.verdict == "not testable at this scale" and g.gpu_hours == 5.8
+    assert (w.p_holm, s.p_holm) == pytest.approx(tuple(holm([w.p, s.p])))        # one family: w and s
+    assert set(claims.verdict) <= set(VERDICTS)
+    assert configs.set_index("configuration").seeds.to_dict() == {"scaled": 3, "identity": 3}
+
+
+def test_a_claim_waits_for_its_planned_seeds(tmp_path):
+    proto = protocol(seeds=4)
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 81.0], "identity": [60.0, 61.0, 59.5]})
+    claims, _ = findings(tmp_path, proto, repo=ROOT)
+    w = claims.set_index("id").loc["w"]
+    assert w.verdict == "inconclusive" and w.why == "runs pending: 3 of 4 and 3 of 4 seeds" and w.p == 1.0
+
+
+def test_records_that_may_not_count_are_left_out_with_their_reason(tmp_path):
+    proto = protocol(seeds=2)
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]})
+    fill(tmp_path, proto, {"scaled": [81.0]}, precision="bf16")
+    other = configuration_run_ids(proto["configurations"]["identity"], [2])[0]       # beyond the planned seeds
+    write_record(tmp_path / other, 60.0, [1.5] * 10)
+    _, configs = findings(tmp_path, proto, repo=ROOT)
+    not_used = configs.set_index("configuration").not_used
+    assert not_used["scaled"] == "1 bf16" and not_used["identity"] == "1 beyond the planned seeds"
+
+
+def test_other_code_and_older_commits_do_not_count_unless_waived(tmp_path):
+    old_code = {"units": "000000000000", "models": "0", "data": "0", "train": "0"}
+    first = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--max-parents=0", "HEAD"], capture_output=True,
+                           text=True).stdout.split()[0]
+    for name, params in (("other code", dict(code=old_code)), ("made before the protocol", dict(git_commit=first))):
+        runs = tmp_path / name.replace(" ", "_")
+        proto = protocol(seeds=2)
+        fill(runs, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, **params)
+        claims, configs = findings(runs, proto, repo=ROOT)
+        assert set(configs.not_used) == {f"2 {name}"} and (claims.n_a.dropna() == 0).all()
+    assert protocol_commit(str(ROOT)) != first
+    waived = protocol(seeds=2, waived=[old_code])
+    runs = tmp_path / "waived"
+    fill(runs, waived, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, code=old_code, git_commit=first)
+    claims, _ = findings(runs, waived, repo=ROOT)
+    assert (claims.n_a.dropna() == 2).all()          # a waived fingerprint counts, whatever commit made it
+
+
+def test_the_committed_records_are_judged_by_the_committed_protocol():
+    proto = load_protocol(repo=ROOT)
+    claims, configs = findings(ROOT / "runs", proto, repo=ROOT)
+    assert list(claims.id) == [c["id"] for c in proto["claims"]]
+    assert set(claims.verdict) <= set(VERDICTS)
+    decided = claims[claims.verdict.isin(["reproduced", "contradicted"])]
+    assert (decided.p_holm < proto["protocol"]["alpha"]).all()
+    assert (decided.n_a >= decided.planned_a).all() and (decided.n_b >= decided.planned_b).all()
+    assert len(configs) == len(proto["configurations"])
