@@ -301,6 +301,9 @@ def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[
                        **claim_test(claim["direction"], va, vb, claim.get("margin"), alpha))
         rows.append(row)
     table = pd.DataFrame(rows)
+    for column in ("mean_a", "mean_b", "difference", "ci_low", "ci_high", "inside"):
+        if column not in table:          # no claim was tested: the columns are there all the same, empty
+            table[column] = math.nan
     table["p_holm"] = math.nan
     for family in protocol["families"].values():
         members = table.id.isin(family["claims"])
@@ -308,13 +311,11 @@ def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[
     tested = table.verdict == ""
     table.loc[tested, "verdict"] = [
         verdict(r.direction, r._asdict(), r.p_holm, alpha) for r in table[tested].itertuples(index=False)]
-    agrees = table.get("difference")
-    if agrees is not None:
-        sign = np.sign(table.difference) * table.direction.map({"worse": 1, "better": -1})
-        table["agrees"] = np.where(table.difference.isna(), None,
-                                   np.where(table.direction == "same",
-                                            (table.difference.abs() < table.margin).map({True: "yes", False: "no"}),
-                                            np.where(sign > 0, "yes", "no")))
+    sign = np.sign(table.difference) * table.direction.map({"worse": 1, "better": -1})
+    same = table.difference.abs() < table.margin
+    table["agrees"] = np.where(table.difference.isna(), None,
+                               np.where(table.direction == "same", np.where(same, "yes", "no"),
+                                        np.where(sign > 0, "yes", "no")))
     table.loc[tested & (table.why == ""), "why"] = table.loc[tested & (table.why == ""), "verdict"].map(
         {"inconclusive": f"Holm-adjusted p not below {alpha}"}).fillna("")
     config_table = pd.DataFrame([dict(configuration=c["configuration"], profile=c["profile"], planned=c["planned"],

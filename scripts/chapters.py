@@ -36,6 +36,30 @@ def chapters() -> list[Path]:
     return sorted(p for p in NBS.glob("[0-9][0-9]*_*.ipynb") if re.fullmatch(r"\d\d[a-z]?", p.stem.split("_", 1)[0]))
 
 
+# The study's two parts, each in reading order. Each chapter's first cell names its part, README.md's chapter tables
+# and the HTML edition follow this order, and tests/test_parts.py holds them to it.
+PARTS = {
+    "Part I — The science": ["00_propagation", "01_units", "02_models", "07_experiments", "10_mini_reproduction"],
+    "Part II — The machinery": ["03_data", "04_records", "05_params", "06_train", "08_sweep", "08a_sweep_plan",
+                                "08b_sweep_local", "08c_sweep_checks", "08d_sweep_slurm", "08e_sweep_status",
+                                "09_figures", "09a_findings", "11_diagrams"],
+}
+
+
+def reading_order() -> list[Path]:
+    "The chapters in the order a reader meets them: Part I, then Part II (every chapter in exactly one part)."
+    by_stem = {p.stem: p for p in chapters()}
+    listed = [stem for stems in PARTS.values() for stem in stems]
+    if sorted(listed) != sorted(by_stem):
+        raise SystemExit(f"scripts/chapters.py PARTS lists {sorted(set(listed) ^ set(by_stem))} wrongly: every "
+                         "chapter of nbs/ belongs to exactly one part")
+    return [by_stem[stem] for stem in listed]
+
+
+def part_of(stem: str) -> str:
+    return next(part for part, stems in PARTS.items() if stem in stems)
+
+
 def select(names) -> list[Path]:
     """The chapters named by `names` (a stem such as 09_figures, its number 09, which takes its sections 09a, ...
     too, a section's 08b, or a file name); all when empty."""

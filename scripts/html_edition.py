@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import REPO, chapters  # noqa: E402
+from chapters import PARTS, REPO, part_of, reading_order  # noqa: E402
 
 MATHJAX = Path("/usr/share/javascript/mathjax")      # Debian's libjs-mathjax (MathJax 2.7)
 # what the pages use of it: the loader, the TeX input, the CommonHTML output and its web fonts
@@ -84,9 +84,10 @@ def link_chapters(markdown: str, pages: dict) -> str:
     return "\n".join(lines)
 
 
-def navigation(prev: tuple | None, nxt: tuple | None) -> str:
+def navigation(prev: tuple | None, nxt: tuple | None, part: str = "") -> str:
+    "Links to the previous and next chapter in reading order, and to the contents, with the part this page is in."
     parts = [f'<a href="{p[0]}.html">← {html.escape(p[1])}</a>' if (p := prev) else "<span></span>",
-             '<a href="index.html">Contents</a>',
+             f'<span><a href="index.html">Contents</a>{" · " + html.escape(part) if part else ""}</span>',
              f'<a href="{n[0]}.html">{html.escape(n[1])} →</a>' if (n := nxt) else "<span></span>"]
     return ('<nav class="study-nav" style="display:flex;justify-content:space-between;gap:1em;'
             'padding:0.6em 1em;border-bottom:1px solid #ddd;font-family:sans-serif;font-size:14px">'
@@ -105,10 +106,7 @@ li {{ margin: 0.7em 0 }} .summary {{ color: #555; font-size: 0.95em }} a {{ colo
 <p>A literate, reproducible study of <em>Identity Mappings in Deep Residual Networks</em> (He, Zhang, Ren, Sun,
 ECCV 2016). The chapters below are the notebooks of <code>nbs/</code> with the outputs of their last full run
 (<code>make chapters</code>); this edition needs no network and no Jupyter.</p>
-<h2>Contents</h2>
-<ol start="0">
 {items}
-</ol>
 </body></html>
 """
 
@@ -118,7 +116,7 @@ def build(site: Path) -> list[Path]:
     import nbformat
     site.mkdir(parents=True, exist_ok=True)
     copy_mathjax(site)
-    paths = chapters()
+    paths = reading_order()
     stems = {p.stem for p in paths}
     books = []
     for path in paths:
@@ -139,7 +137,7 @@ def build(site: Path) -> list[Path]:
                                               resources={"metadata": {"name": title, "path": str(path.parent)}})
         prev = (books[i - 1][0].stem, books[i - 1][2]) if i > 0 else None
         nxt = (books[i + 1][0].stem, books[i + 1][2]) if i + 1 < len(books) else None
-        nav = navigation(prev, nxt)
+        nav = navigation(prev, nxt, part_of(path.stem))
         body = rewrite_links(body, stems)
         body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + nav, body, count=1)
         body = body.replace("</body>", nav + "</body>", 1)
@@ -147,16 +145,20 @@ def build(site: Path) -> list[Path]:
         out = site / f"{path.stem}.html"
         out.write_text(body, encoding="utf-8")
         written.append(out)
-    listed = []         # a section (08a_...) is listed under its chapter, so the chapters keep their numbers
-    for p, _, title, summary in books:
-        entry = (f'<a href="{p.stem}.html">{html.escape(title)}</a><br>'
-                 f'<span class="summary">{html.escape(summary)}</span>')
-        if re.match(r"\d\d[a-z]_", p.stem) and listed:
-            listed[-1][1].append(entry)
-        else:
-            listed.append((entry, []))
-    items = "\n".join(f"<li>{entry}" + ("<ul>" + "".join(f"<li>{s}</li>" for s in sections) + "</ul>" if sections
-                                        else "") + "</li>" for entry, sections in listed)
+    items = []
+    for part, stems in PARTS.items():      # each part in reading order; a section (08a_...) under its chapter
+        listed = []
+        for p, _, title, summary in (b for b in books if b[0].stem in stems):
+            entry = (f'<a href="{p.stem}.html">{html.escape(title)}</a><br>'
+                     f'<span class="summary">{html.escape(summary)}</span>')
+            if re.match(r"\d\d[a-z]_", p.stem) and listed and listed[-1][0].startswith(f'<a href="{p.stem[:2]}'):
+                listed[-1][1].append(entry)
+            else:
+                listed.append((entry, []))
+        items.append(f"<h2>{html.escape(part)}</h2>\n<ul>\n" + "\n".join(
+            f"<li>{entry}" + ("<ul>" + "".join(f"<li>{s}</li>" for s in sections) + "</ul>" if sections else "")
+            + "</li>" for entry, sections in listed) + "\n</ul>")
+    items = "\n".join(items)
     (site / "index.html").write_text(INDEX.format(items=items), encoding="utf-8")
     return [site / "index.html", *written]
 

@@ -54,7 +54,6 @@ CHAPTER10 = "nbs/10_mini_reproduction.ipynb"
 # files with references not yet replaced (their authors are editing them): xfail until clean, then delete the entry
 REMAINING = {
 }
-CHAPTER10_TYPED = "chapter 10's prose still types the numbers its cells should compute (issue 26, item 6)"
 
 PAPER_SECTIONS = {"1", "2", "3", "3.1", "3.2", "4", "4.1", "4.2", "5", "6"}
 OUTSIDE = re.compile(r"paper-facts|prior-art\.md|slurm-facts|\.\./shared(?!/data\b)")
@@ -235,7 +234,6 @@ def typed_numbers(markdown: str) -> list[str]:
             for m in NUMERAL.finditer(text)]
 
 
-@pytest.mark.xfail(strict=True, reason=CHAPTER10_TYPED)
 def test_chapter10_computes_its_numbers():
     found = [f"{CHAPTER10}, cell {i}: {hit}" for i, cell in enumerate(load(CHAPTER10)["cells"])
              if cell["cell_type"] == "markdown" for hit in typed_numbers("".join(cell["source"]))]
