@@ -1,0 +1,116 @@
+"""What the protocol's rules give from its pilot (amendment 1 of protocol/claims.toml), computed, not typed.
+
+    .venv/bin/python scripts/protocol_pilot.py
+
+Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-1) and the committed mini
+records, and prints: the pilot's means and seed SDs of the three metrics, the ratio r that scales the mini records'
+differences to cpu2k, the margins of the two "same" claims (M = min(2 s, d_ref / 2)), and for every cpu2k claim the
+simulated power at each number of seeds from the lower to the upper bound, at Holm's first-step level of its family,
+with the seeds the rule gives (the smallest number with 80 % power, else the upper bound), and the waiver check.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from identity_study.findings import Record, configuration_run_ids, load_protocol  # noqa: E402
+
+RUNS = ROOT / "runs"
+METRICS = ("final_test_error", "final_train_loss", "early_log_loss")
+MINI_PILOT_CONTRAST = {"final_test_error": 13.36, "final_train_loss": 0.32, "early_log_loss": 0.18}  # protocol/README
+DRAWS = 4000
+POWER = 0.8
+
+
+def records(cfg: dict, seeds, profile: str, precisions=("fp32", "bf16")) -> list[Record]:
+    "One record a seed: fp32 where there is one, else bf16 (as the provisional numbers were planned)."
+    out = []
+    for seed in seeds:
+        for precision in precisions:
+            r = Record.read(RUNS / configuration_run_ids(cfg, [seed], precision, profile)[0])
+            if r is not None and r.summary.get("status") in ("completed", "diverged"):
+                out.append(r)
+                break
+    return out
+
+
+def welch_power(delta, sigma, n_a, n_b, level, rng) -> float:
+    a = rng.normal(delta, sigma, (DRAWS, n_a))
+    b = rng.normal(0.0, sigma, (DRAWS, n_b))
+    return float((stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < level).mean())
+
+
+def tost_power(margin, sigma, n_a, n_b, level, rng) -> float:
+    a = rng.normal(0.0, sigma, (DRAWS, n_a))
+    b = rng.normal(0.0, sigma, (DRAWS, n_b))
+    lower = stats.ttest_ind(a + margin, b, axis=1, equal_var=False, alternative="greater").pvalue
+    upper = stats.ttest_ind(a - margin, b, axis=1, equal_var=False, alternative="less").pvalue
+    return float((np.maximum(lower, upper) < level).mean())
+
+
+def main():
+    proto = load_protocol(repo=ROOT)
+    configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
+    lo, hi = 3, 10
+    pilot = {name: records(configs[name], [0, 1], "cpu2k", ("fp32",)) for name in ("original 110", "preact 110")}
+    print("pilot runs:", ", ".join(r.path.name for rs in pilot.values() for r in rs))
+    values = {name: {m: np.array([r.metric(m) for r in rs]) for m in METRICS} for name, rs in pilot.items()}
+    pooled, ratio = {}, {}
+    for m in METRICS:
+        o, p = values["original 110"][m], values["preact 110"][m]
+        pooled[m] = math.sqrt((o.var(ddof=1) + p.var(ddof=1)) / 2)
+        ratio[m] = (o.mean() - p.mean()) / MINI_PILOT_CONTRAST[m]
+        print(f"{m}: original {o.round(4)} mean {o.mean():.4f} sd {o.std(ddof=1):.4f}; preact {p.round(4)} mean "
+              f"{p.mean():.4f} sd {p.std(ddof=1):.4f}; pooled sd {pooled[m]:.4f}; difference "
+              f"{o.mean() - p.mean():+.4f}; r = {ratio[m]:.3f}")
+    err = values["original 110"]["final_test_error"], values["preact 110"]["final_test_error"]
+    d_ref = math.floor(abs(err[0].mean() - err[1].mean()) * 2) / 2
+    sd = {"original 110": err[0].std(ddof=1), "preact 110": err[1].std(ddof=1)}
+    margins = {}
+    for c in proto["claims"]:
+        if c.get("direction") == "same":
+            s = math.ceil(sd[c["b"]] * 2) / 2
+            margins[c["id"]] = min(2 * s, d_ref / 2)
+            print(f"margin {c['id']}: s = {s} (b = {c['b']}), d_ref = {d_ref}: M = min({2 * s}, {d_ref / 2}) = "
+                  f"{margins[c['id']]}")
+    rng = np.random.default_rng(0)
+    need = {}
+    for family, fam in proto["families"].items():
+        level = alpha / len(fam["claims"])
+        for cid in fam["claims"]:
+            c = next(c for c in proto["claims"] if c["id"] == cid)
+            if configs[c["a"]]["profile"] != "cpu2k":
+                continue            # mini families keep the numbers planned from the mini records
+            m = c["metric"]
+            if c["direction"] == "same":
+                powers = {n: tost_power(margins[cid], pooled[m], n, n, level, rng) for n in range(lo, hi + 1)}
+                planned = "true difference 0"
+            else:
+                mini_a = [r.metric(m) for r in records(configs[c["a"]], range(hi), "mini")]
+                mini_b = [r.metric(m) for r in records(configs[c["b"]], range(hi), "mini")]
+                delta = (np.mean(mini_a) - np.mean(mini_b)) * ratio[m]
+                powers = {n: welch_power(delta, pooled[m], n, n, level, rng) for n in range(lo, hi + 1)}
+                planned = f"mini {np.mean(mini_a) - np.mean(mini_b):+.3f} x r = {delta:+.3f}"
+            n = next((n for n, p in powers.items() if p >= POWER), hi)
+            for name in (c["a"], c["b"]):
+                need[name] = max(need.get(name, lo), n)
+            print(f"{cid:>9} ({family}, level {level:.4f}): {planned}, sigma {pooled[m]:.4f}; power at "
+                  f"{lo}..{hi} seeds a side: {' '.join(f'{p:.2f}' for p in powers.values())} -> {n}")
+    print("seeds by the rule:", need)
+    committed = RUNS / "original-110-basic-cifar10-mini-s0-0e66ee72" / "metrics.csv"
+    rerun = RUNS / "pilot-waiver" / committed.parent.name / "metrics.csv"
+    import pandas as pd
+    a, b = pd.read_csv(committed), pd.read_csv(rerun)
+    columns = [col for col in a.columns if col not in ("seconds", "images_per_second")]
+    print(f"waiver check {committed.parent.name}: {len(a)} rows, every column but the clock equal: "
+          f"{a[columns].equals(b[columns])}")
+
+
+if __name__ == "__main__":
+    main()
