@@ -2,11 +2,13 @@
 
     .venv/bin/python scripts/protocol_pilot.py
 
-Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-1) and the committed mini
+Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-3) and the committed mini
 records, and prints: the pilot's means and seed SDs of the three metrics, the ratio r that scales the mini records'
 differences to cpu2k, the margins of the two "same" claims (M = min(2 s, d_ref / 2)), and for every cpu2k claim the
 simulated power at each number of seeds from the lower to the upper bound, at Holm's first-step level of its family,
 with the seeds the rule gives (the smallest number with 80 % power, else the upper bound), and the waiver check.
+The paper's "fails" claims (collapse = "evidence") are planned with the failure they predict: the variant at
+chance error against the baseline's pilot mean (amendment 1).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def main():
     proto = load_protocol(repo=ROOT)
     configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
     lo, hi = 3, 10
-    pilot = {name: records(configs[name], [0, 1], "cpu2k", ("fp32",)) for name in ("original 110", "preact 110")}
+    pilot = {name: records(configs[name], range(4), "cpu2k", ("fp32",)) for name in ("original 110", "preact 110")}
     print("pilot runs:", ", ".join(r.path.name for rs in pilot.values() for r in rs))
     values = {name: {m: np.array([r.metric(m) for r in rs]) for m in METRICS} for name, rs in pilot.items()}
     pooled, ratio = {}, {}
@@ -91,6 +93,13 @@ def main():
             if c["direction"] == "same":
                 powers = {n: tost_power(margins[cid], pooled[m], n, n, level, rng) for n in range(lo, hi + 1)}
                 planned = "true difference 0"
+            elif c.get("collapse") == "evidence":
+                # the paper's "fails": the variant ends at chance, so the planning difference is chance minus the
+                # baseline's cpu2k mean (scaling a collapsed mini row by r would shrink a failure into a gap)
+                chance = 100 * (1 - 1 / proto["protocol"]["num_classes"])
+                delta = chance - values[c["b"]][m].mean()
+                powers = {n: welch_power(delta, pooled[m], n, n, level, rng) for n in range(lo, hi + 1)}
+                planned = f"fails: chance {chance:.1f} - pilot {values[c['b']][m].mean():.3f} = {delta:+.3f}"
             else:
                 mini_a = [r.metric(m) for r in records(configs[c["a"]], range(hi), "mini")]
                 mini_b = [r.metric(m) for r in records(configs[c["b"]], range(hi), "mini")]
