@@ -131,7 +131,8 @@ def plot(curves: pd.DataFrame, out: Path):
                 ax.set_yscale("log")
     fig.suptitle("mini profile, CIFAR-10: bf16 autocast against fp32, one line per seed")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    from identity_study.figures import save_figure
+    save_figure(fig, out)
 
 
 def main(argv=None):

@@ -15,15 +15,15 @@ import pandas as pd
 from scipy import stats
 
 from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
+from .findings import holm  # noqa: F401 (one Holm for the study: chapter 9a's, used here and in chapter 10)
 from .params import PRECISIONS, resolve_params
 from .propagation import unit_title, variant_title
 from .records import METRIC_COLUMNS, TERMINAL_STATUSES
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'OKABE_ITO', 'FIGURES', 'gather_runs', 'gather_metrics',
-           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'holm', 'verdict', 'save_figure',
-           'loss_scale', 'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure',
-           'depth_figure']
+           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'verdict', 'save_figure', 'loss_scale',
+           'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure']
 
 # %% ../nbs/09_figures.ipynb #2264d661
 RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
@@ -166,18 +166,6 @@ def compare_groups(a, b, metric: str = "final_test_error", paired: bool = False,
     else:
         out["p_equivalence"] = np.nan
     return out
-
-
-def holm(p_values) -> np.ndarray:
-    "Holm's step-down adjustment: reject where the adjusted p < alpha, and the family-wise error stays <= alpha."
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(np.where(np.isnan(p), np.inf, p))
-    adjusted, running = np.full(len(p), np.nan), 0.0
-    m = int((~np.isnan(p)).sum())
-    for rank, i in enumerate(order[:m]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def verdict(comparison: dict, claim: str, p_adjusted: float, alpha: float = ALPHA) -> str:

@@ -20,7 +20,7 @@ import identity_study
 from . import experiments
 from .experiments import TABLES, Entry
 from .params import PRECISIONS, resolve_params
-from .records import TERMINAL_STATUSES, code_differences, code_fingerprint, recorded_code
+from .records import TERMINAL_STATUSES, code_differences, code_fingerprint
 
 PROTOCOL_PATH = Path("protocol") / "claims.toml"
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable at this scale")
@@ -43,8 +43,8 @@ def load_protocol(path=None, repo=None) -> dict:
 
 # %% auto #0
 __all__ = ['PROTOCOL_PATH', 'VERDICTS', 'MAX_SEEDS', 'checkout', 'load_protocol', 'configuration_entry', 'configuration_params',
-           'configuration_run_ids', 'Record', 'protocol_commit', 'descends_from', 'Judge', 'welch', 'claim_test',
-           'holm', 'verdict', 'configuration_runs', 'findings']
+           'configuration_run_ids', 'Record', 'protocol_commit', 'amendment_commit', 'descends_from', 'Judge', 'welch',
+           'claim_test', 'holm', 'verdict', 'configuration_runs', 'findings']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_entry(cfg: dict) -> Entry:
@@ -141,6 +141,13 @@ def protocol_commit(repo) -> str | None:
 
 
 @lru_cache(maxsize=None)
+def amendment_commit(repo, number: int = 1) -> str | None:
+    "The commit that added `[amendments.N]` to protocol/claims.toml in `repo` (None if no commit has)."
+    found = _git(repo, "log", "--format=%H", "-S", f"[amendments.{number}]", "--", str(PROTOCOL_PATH))
+    return found.splitlines()[-1] if found else None
+
+
+@lru_cache(maxsize=None)
 def descends_from(commit: str, ancestor: str, repo) -> bool:
     "Whether `commit` is `ancestor` or one of its descendants in `repo`."
     try:
@@ -153,15 +160,19 @@ def descends_from(commit: str, ancestor: str, repo) -> bool:
 
 @dataclass
 class Judge:
-    "What a record is checked against: the protocol, the code of this checkout, the commit that fixed the protocol."
+    """What a record is checked against: the protocol, the code of this checkout, the commit that added the protocol
+    and, once amendment 1 fixed its numbers, the commit of that amendment (campaign runs must descend from it)."""
     protocol: dict
     repo: Path
     code: dict
     fixed_at: str | None
+    amended_at: str | None = None
 
     @classmethod
     def of(cls, protocol: dict, repo) -> "Judge":
-        return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)))
+        amended = "1" in protocol.get("amendments", {})
+        return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)),
+                   amendment_commit(str(repo)) if amended else None)
 
     def why_not(self, record: Record) -> str | None:
         "Why `record` may not enter a test (None when it may): the protocol's eligibility rules, in its order."
@@ -170,13 +181,20 @@ class Judge:
         if record.params.get("precision") != self.protocol["protocol"]["precision"]:
             return str(record.params.get("precision"))
         waived = record.params.get("code") in self.protocol["eligibility"].get("waived_code", [])
-        if not waived and code_differences(recorded_code(record.path), self.code):
+        if waived:
+            return None
+        if code_differences(record.params.get("code"), self.code):
             return "other code"
         commit = record.params.get("git_commit")
-        if not waived and self.fixed_at is None:
+        if self.fixed_at is None:
             return "no git history to check the commit order"
-        if not waived and not (commit and descends_from(commit, self.fixed_at, str(self.repo))):
+        if not (commit and descends_from(commit, self.fixed_at, str(self.repo))):
             return "made before the protocol"
+        amendment = self.protocol.get("amendments", {}).get("1")
+        if amendment is not None and record.path.name not in amendment.get("pilot_runs", []):
+            # a campaign run: its seeds and the margins that judge it were fixed before it started
+            if not (self.amended_at and commit and descends_from(commit, self.amended_at, str(self.repo))):
+                return "made before amendment 1"
         return None
 
 # %% ../nbs/09a_findings.ipynb #6bdf618e
@@ -189,19 +207,23 @@ def welch(a, b) -> tuple[float, float, float]:
     return float(a.mean() - b.mean()), se, df
 
 
+def _student_t():
+    # scipy comes with the [figures] extra: imported on first use, so that the rest of this module needs the core only
+    from scipy.stats import t
+    return t
+
+
 def _above(t: float, df: float) -> float:
     "P(T > t) for Student's t with `df` degrees of freedom (t = ±inf where the standard error is 0)."
-    from scipy import stats
-    return float(stats.t.sf(t, df))
+    return float(_student_t().sf(t, df))
 
 
 def claim_test(direction: str, a, b, margin: float | None = None, level: float = 0.05) -> dict:
     """Welch's test of one claim: the difference a - b with its two-sided (1 - level) interval and the claim's p. For
     "same" (margin M) the p is min(TOST's p that |d| < M, the one-sided p that d lies beyond M on its side), and
     `inside` says which of the two it was."""
-    from scipy import stats
     d, se, df = welch(a, b)
-    half = float(stats.t.ppf(1 - level / 2, df)) * se if se > 0 else 0.0
+    half = float(_student_t().ppf(1 - level / 2, df)) * se if se > 0 else 0.0
     out = dict(difference=d, ci_low=d - half, ci_high=d + half)
     if direction == "same":
         if se == 0:
@@ -216,11 +238,15 @@ def claim_test(direction: str, a, b, margin: float | None = None, level: float =
 
 
 def holm(p_values) -> np.ndarray:
-    "Holm's step-down adjusted p-values over one family (every member counted: a missing test enters at p = 1)."
+    """Holm's step-down adjusted p-values over one family: reject where the adjusted p < alpha, and the family-wise
+    error stays <= alpha. A NaN is no test and stays NaN (the protocol never passes one: a missing test enters at
+    p = 1, so that the family's size is fixed before its runs)."""
     p = np.asarray(p_values, dtype=float)
-    adjusted, running = np.empty(len(p)), 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), kind="stable")
+    adjusted, running = np.full(len(p), np.nan), 0.0
+    m = int((~np.isnan(p)).sum())
+    for rank, i in enumerate(order[:m]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted
 

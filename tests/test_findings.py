@@ -120,6 +120,8 @@ def test_a_significant_difference_against_the_paper_contradicts_it():
 def test_holm_steps_down_and_stays_monotone():
     assert holm([0.01, 0.04, 0.03, 1.0]) == pytest.approx([0.04, 0.09, 0.09, 1.0])
     assert holm([0.001]) == pytest.approx([0.001])
+    # a NaN is no test: it stays NaN and the family is the tests that exist (chapter 9's first-epoch view uses that)
+    assert np.allclose(holm([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan], equal_nan=True)
 
 
 # --- which records count, and the findings ------------------------------------------------------------------------
@@ -182,3 +184,20 @@ def test_the_committed_records_are_judged_by_the_committed_protocol():
     assert (decided.p_holm < proto["protocol"]["alpha"]).all()
     assert (decided.n_a >= decided.planned_a).all() and (decided.n_b >= decided.planned_b).all()
     assert len(configs) == len(proto["configurations"])
+
+
+def test_campaign_runs_must_follow_amendment_1_and_pilot_runs_count_by_name(tmp_path):
+    first_fixed = protocol_commit(str(ROOT))          # after the protocol, before its amendment 1
+    proto = protocol(seeds=2)
+    pilot = configuration_run_ids(proto["configurations"]["identity"], [0, 1])
+    proto["amendments"] = {"1": dict(pilot_runs=pilot)}
+    runs = tmp_path / "before"
+    fill(runs, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, git_commit=first_fixed)
+    claims, configs = findings(runs, proto, repo=ROOT)
+    not_used = configs.set_index("configuration").not_used
+    assert not_used["scaled"] == "2 made before amendment 1" and not_used["identity"] == ""
+    assert (claims.n_b.dropna() == 2).all() and (claims.n_a.dropna() == 0).all()
+    runs = tmp_path / "after"                          # made at this checkout's HEAD, which follows amendment 1
+    fill(runs, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]})
+    claims, _ = findings(runs, proto, repo=ROOT)
+    assert (claims.n_a.dropna() == 2).all() and (claims.n_b.dropna() == 2).all()
