@@ -133,18 +133,22 @@ def _git(repo, *args) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _first_protocol_commit(repo, *log_filter) -> str | None:
+    "The oldest commit of protocol/claims.toml in `repo` that `git log` selects with `log_filter` (None if none)."
+    found = _git(repo, "log", *log_filter, "--format=%H", "--", str(PROTOCOL_PATH))
+    return found.splitlines()[-1] if found else None
+
+
 @lru_cache(maxsize=None)
 def protocol_commit(repo) -> str | None:
     "The commit that added protocol/claims.toml to `repo` (None without git history)."
-    found = _git(repo, "log", "--diff-filter=A", "--format=%H", "--", str(PROTOCOL_PATH))
-    return found.splitlines()[-1] if found else None
+    return _first_protocol_commit(repo, "--diff-filter=A")
 
 
 @lru_cache(maxsize=None)
 def amendment_commit(repo, number: int = 1) -> str | None:
     "The commit that added `[amendments.N]` to protocol/claims.toml in `repo` (None if no commit has)."
-    found = _git(repo, "log", "--format=%H", "-S", f"[amendments.{number}]", "--", str(PROTOCOL_PATH))
-    return found.splitlines()[-1] if found else None
+    return _first_protocol_commit(repo, "-S", f"[amendments.{number}]")
 
 
 @lru_cache(maxsize=None)
@@ -167,12 +171,15 @@ class Judge:
     code: dict
     fixed_at: str | None
     amended_at: str | None = None
+    pilot_runs: frozenset | None = None        # None: no amendment 1, so no run is held to it
 
     @classmethod
     def of(cls, protocol: dict, repo) -> "Judge":
-        amended = "1" in protocol.get("amendments", {})
+        amendment = protocol.get("amendments", {}).get("1")
+        if amendment is None:
+            return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)))
         return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)),
-                   amendment_commit(str(repo)) if amended else None)
+                   amendment_commit(str(repo)), frozenset(amendment.get("pilot_runs", [])))
 
     def why_not(self, record: Record) -> str | None:
         "Why `record` may not enter a test (None when it may): the protocol's eligibility rules, in its order."
@@ -190,8 +197,7 @@ class Judge:
             return "no git history to check the commit order"
         if not (commit and descends_from(commit, self.fixed_at, str(self.repo))):
             return "made before the protocol"
-        amendment = self.protocol.get("amendments", {}).get("1")
-        if amendment is not None and record.path.name not in amendment.get("pilot_runs", []):
+        if self.pilot_runs is not None and record.path.name not in self.pilot_runs:
             # a campaign run: its seeds and the margins that judge it were fixed before it started
             if not (self.amended_at and commit and descends_from(commit, self.amended_at, str(self.repo))):
                 return "made before amendment 1"
