@@ -23,7 +23,8 @@ from .records import METRIC_COLUMNS, TERMINAL_STATUSES
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'OKABE_ITO', 'FIGURES', 'gather_runs', 'gather_metrics',
            'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'verdict', 'save_figure', 'loss_scale',
-           'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure']
+           'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure',
+           'seeds_figure']
 
 # %% ../nbs/09_figures.ipynb #2264d661
 RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
@@ -418,4 +419,36 @@ def depth_figure(curves: pd.DataFrame, profiles: pd.DataFrame, profile: str | No
         ax_prof.legend(*zip(*handles), loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small", frameon=False)
     caption = curves_caption(curves, profile) if len(curves) else f"profile '{profile}'"
     fig.suptitle(f"{title}\n{caption}" if title else caption)
+    return fig
+
+# %% ../nbs/09_figures.ipynb #d25a9ad9
+def seeds_figure(counted: pd.DataFrame, chance_loss: float | None = None, title: str = ""):
+    """One row a configuration (in the order of `counted`), one dot a run: final test error in % (left) and the
+    last-10 % training loss (right), a collapsed run as a red cross and the configuration's mean as a bar. `counted`
+    has the columns of `findings.counted_runs`; `chance_loss`, ln(classes), is drawn as a dotted line."""
+    order = list(dict.fromkeys(counted.configuration))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.42 * max(len(order), 3) + 1.6), sharey=True, layout="constrained")
+    for ax, column, label in zip(axes, ("final_test_error", "final_train_loss"),
+                                 ("final test error (%)", "training loss, last 10 % of the iterations")):
+        for y, name in enumerate(order):
+            runs = counted[counted.configuration == name]
+            kept, fell = runs[~runs.collapsed], runs[runs.collapsed]
+            jitter = np.linspace(-0.18, 0.18, len(runs)) if len(runs) > 1 else np.zeros(1)
+            ax.scatter(kept[column], y + jitter[: len(kept)], s=22, color=OKABE_ITO[0], alpha=0.8, lw=0)
+            ax.scatter(fell[column], y + jitter[len(kept):], s=36, color="#D55E00", marker="x")
+            ax.plot([runs[column].mean()] * 2, [y - 0.32, y + 0.32], color="black", lw=1.5)
+        if column == "final_train_loss" and chance_loss is not None:
+            ax.axvline(chance_loss, color="#D55E00", ls=":", lw=1)
+        ax.set_xlabel(label)
+    profiles = counted.groupby("configuration").profile.first() if "profile" in counted else {}
+    axes[0].set_yticks(range(len(order)), [f"{n} ({(counted.configuration == n).sum()}"
+                                           + (f", {profiles[n]})" if n in profiles else ")") for n in order])
+    axes[0].invert_yaxis()
+    handles = [plt.Line2D([], [], ls="", marker="o", color=OKABE_ITO[0], label="a run"),
+               plt.Line2D([], [], ls="", marker="x", color="#D55E00", label="a collapsed run"),
+               plt.Line2D([], [], color="black", label="mean of the configuration's runs")]
+    if chance_loss is not None:
+        handles.append(plt.Line2D([], [], color="#D55E00", ls=":", label=f"chance, ln(classes) = {chance_loss:.3f}"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(title or "every counted run, one dot a seed (in brackets: the number of runs and their profile)")
     return fig

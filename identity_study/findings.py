@@ -44,7 +44,7 @@ def load_protocol(path=None, repo=None) -> dict:
 # %% auto #0
 __all__ = ['PROTOCOL_PATH', 'VERDICTS', 'MAX_SEEDS', 'checkout', 'load_protocol', 'configuration_entry', 'configuration_params',
            'configuration_run_ids', 'Record', 'protocol_commit', 'amendment_commit', 'descends_from', 'Judge', 'welch',
-           'claim_test', 'holm', 'verdict', 'configuration_runs', 'findings']
+           'claim_test', 'holm', 'verdict', 'configuration_runs', 'findings', 'counted_runs']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_entry(cfg: dict) -> Entry:
@@ -354,3 +354,19 @@ def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[
                                       seeds=len(c["used"]), collapsed=c["collapsed"],
                                       not_used=_unused_text(c["unused"])) for c in configs.values()])
     return table, config_table
+
+# %% ../nbs/09a_findings.ipynb #2fa7f692
+def counted_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> pd.DataFrame:
+    """One row per run that counts for the protocol (a planned seed's eligible record), configurations in the
+    protocol's order: configuration, profile, seed, run id, final test error (%), last-10 % training loss, collapsed."""
+    repo = Path(repo) if repo else checkout()
+    protocol = protocol or load_protocol(repo=repo)
+    judge = Judge.of(protocol, repo)
+    num_classes, tolerance = protocol["protocol"]["num_classes"], protocol["collapse"]["tolerance"]
+    rows = [dict(configuration=name, profile=cfg["profile"], seed=r.params["seed"], run_id=r.path.name,
+                 final_test_error=r.final_test_error(num_classes), final_train_loss=r.final_train_loss(num_classes),
+                 collapsed=r.collapsed(num_classes, tolerance))
+            for name, cfg in protocol["configurations"].items()
+            for r in configuration_runs(name, judge, runs_dir)["used"]]
+    return pd.DataFrame(rows, columns=["configuration", "profile", "seed", "run_id", "final_test_error",
+                                       "final_train_loss", "collapsed"])

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.text import Text
 
 from identity_study.experiments import TABLES
-from identity_study.figures import (FIGURES, _entry, curve_data, depth_figure, draw_figure, entry_run_ids,
+from identity_study.figures import (FIGURES, _entry, seeds_figure, curve_data, depth_figure, draw_figure, entry_run_ids,
                                     plot_training_curves, save_figure, series_label)
 from identity_study.propagation import plot_propagation
 
@@ -224,3 +224,19 @@ def test_series_labels_name_the_unit_and_the_net():
     assert labels == {"original, ResNet-1001", "pre-activation, ResNet-1001"}
     gated = _entry("table1", "exclusive gating, b_g = -6", "")
     assert series_label(gated) == "exclusive gating ($b_g=-6$), ResNet-110"
+
+
+def test_seeds_figure_marks_each_collapse_and_names_each_profile():
+    counted = pd.DataFrame(dict(configuration=["a", "a", "b"], profile=["cpu2k", "cpu2k", "mini"],
+                                final_test_error=[45.0, 90.0, 60.0], final_train_loss=[1.3, 2.30, 1.8],
+                                collapsed=[False, True, False]))
+    for chance, lines in ((2.302585, 1), (None, 0)):
+        fig = seeds_figure(counted, chance_loss=chance)
+        left, right = fig.axes
+        assert [t.get_text() for t in left.get_yticklabels()] == ["a (2, cpu2k)", "b (1, mini)"]
+        crosses = [c for ax in (left, right) for c in ax.collections
+                   if c.get_facecolor().size and len(c.get_offsets()) and c.get_paths()
+                   and tuple(np.round(c.get_edgecolor()[0][:3], 3)) == (0.835, 0.369, 0.0)]
+        assert sorted(float(c.get_offsets()[0][0]) for c in crosses) == [2.30, 90.0]
+        assert sum(1 for ln in right.get_lines() if ln.get_linestyle() == ":") == lines
+        plt.close(fig)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from identity_study.findings import (VERDICTS, Record, claim_test, configuration_run_ids, findings, holm,
-                                     load_protocol, protocol_commit, verdict)
+from identity_study.findings import (VERDICTS, Record, claim_test, configuration_run_ids, counted_runs, findings,
+                                     holm, load_protocol, protocol_commit, verdict)
 from identity_study.records import code_fingerprint
 
 stats = pytest.importorskip("scipy.stats")
@@ -55,8 +55,8 @@ def fill(runs: Path, proto: dict, errors: dict, seeds=None, **params):
     for name, values in errors.items():
         ids = configuration_run_ids(proto["configurations"][name], range(seeds or len(values)), params.get(
             "precision", "fp32"))
-        for run_id, e in zip(ids, values):
-            write_record(runs / run_id, e, [2.0] * 9 + [1.5], **params)
+        for seed, (run_id, e) in enumerate(zip(ids, values)):
+            write_record(runs / run_id, e, [2.0] * 9 + [1.5], seed=seed, **params)
 
 
 # --- metrics and collapse -----------------------------------------------------------------------------------------
@@ -201,3 +201,18 @@ def test_campaign_runs_must_follow_amendment_1_and_pilot_runs_count_by_name(tmp_
     fill(runs, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]})
     claims, _ = findings(runs, proto, repo=ROOT)
     assert (claims.n_a.dropna() == 2).all() and (claims.n_b.dropna() == 2).all()
+
+
+def test_counted_runs_are_the_runs_findings_counts_with_their_collapses(tmp_path):
+    proto = protocol(seeds=2)
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 79.0], "identity": [60.0, 61.0]})   # scaled's seed 2: beyond
+    fill(tmp_path, proto, {"identity": [59.0]}, precision="bf16")
+    collapsed = Record.read(tmp_path / configuration_run_ids(proto["configurations"]["scaled"], [1])[0])
+    (collapsed.path / "metrics.csv").write_text("iteration,train_loss\n900,2.30\n")
+    counted = counted_runs(tmp_path, proto, repo=ROOT)
+    assert list(counted.configuration) == ["scaled", "scaled", "identity", "identity"]
+    assert list(counted.seed) == [0, 1, 0, 1] and set(counted.profile) == {"mini"}
+    assert list(counted.collapsed) == [False, True, False, False]
+    assert list(counted.final_test_error) == pytest.approx([80.0, 82.0, 60.0, 61.0])
+    _, configs = findings(tmp_path, proto, repo=ROOT)
+    assert list(configs.collapsed) == [1, 0] and list(configs.seeds) == [2, 2]
