@@ -44,7 +44,8 @@ def load_protocol(path=None, repo=None) -> dict:
 # %% auto #0
 __all__ = ['PROTOCOL_PATH', 'VERDICTS', 'MAX_SEEDS', 'checkout', 'load_protocol', 'configuration_entry', 'configuration_params',
            'configuration_run_ids', 'Record', 'protocol_commit', 'amendment_commit', 'descends_from', 'Judge', 'welch',
-           'claim_test', 'holm', 'verdict', 'configuration_runs', 'findings', 'counted_runs']
+           'claim_test', 'holm', 'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings',
+           'counted_runs']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_entry(cfg: dict) -> Entry:
@@ -176,10 +177,10 @@ class Judge:
     @classmethod
     def of(cls, protocol: dict, repo) -> "Judge":
         amendment = protocol.get("amendments", {}).get("1")
-        if amendment is None:
-            return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)))
+        amended = amendment is not None
         return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)),
-                   amendment_commit(str(repo)), frozenset(amendment.get("pilot_runs", [])))
+                   amended_at=amendment_commit(str(repo)) if amended else None,
+                   pilot_runs=frozenset(amendment.get("pilot_runs", [])) if amended else None)
 
     def why_not(self, record: Record) -> str | None:
         "Why `record` may not enter a test (None when it may): the protocol's eligibility rules, in its order."
@@ -298,14 +299,19 @@ def _unused_text(unused: dict) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(unused.items())) or ""
 
 
-def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every claim of the protocol judged from the records in `runs_dir`: one row per claim (in the protocol's order)
-    and one per configuration (its seeds, collapses and the runs it did not use)."""
+def gather_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> dict:
+    """Every configuration of the protocol with its runs (`configuration_runs`), each record read and checked once:
+    what `judge_claims` tests and `counted_runs` lists."""
     repo = Path(repo) if repo else checkout()
     protocol = protocol or load_protocol(repo=repo)
     judge = Judge.of(protocol, repo)
+    return {name: configuration_runs(name, judge, runs_dir) for name in protocol["configurations"]}
+
+
+def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every claim of `protocol` judged from the gathered runs `configs`: one row per claim (in the protocol's order)
+    and one per configuration (its seeds, collapses and the runs it did not use)."""
     alpha, num_classes = protocol["protocol"]["alpha"], protocol["protocol"]["num_classes"]
-    configs = {name: configuration_runs(name, judge, runs_dir) for name in protocol["configurations"]}
     rows = []
     for claim in protocol["claims"]:
         row = dict(id=claim["id"], paper_claim=claim["paper_claim"], paper=claim["paper"],
@@ -355,18 +361,24 @@ def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[
                                       not_used=_unused_text(c["unused"])) for c in configs.values()])
     return table, config_table
 
-# %% ../nbs/09a_findings.ipynb #2fa7f692
-def counted_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> pd.DataFrame:
-    """One row per run that counts for the protocol (a planned seed's eligible record), configurations in the
-    protocol's order: configuration, profile, seed, run id, final test error (%), last-10 % training loss, collapsed."""
+
+def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`judge_claims` on the runs gathered from `runs_dir`: the claims table and the configurations table."
     repo = Path(repo) if repo else checkout()
     protocol = protocol or load_protocol(repo=repo)
-    judge = Judge.of(protocol, repo)
+    return judge_claims(gather_runs(runs_dir, protocol, repo), protocol)
+
+
+# %% ../nbs/09a_findings.ipynb #2fa7f692
+def counted_runs(configs: dict, protocol: dict) -> pd.DataFrame:
+    """One row per run that counts (a planned seed's eligible record) in the gathered runs `configs`, configurations
+    in the protocol's order: configuration, profile, seed, run id, final test error (%), last-10 % training loss,
+    collapsed."""
     num_classes, tolerance = protocol["protocol"]["num_classes"], protocol["collapse"]["tolerance"]
-    rows = [dict(configuration=name, profile=cfg["profile"], seed=r.params["seed"], run_id=r.path.name,
+    rows = [dict(configuration=name, profile=c["profile"], seed=r.params["seed"], run_id=r.path.name,
                  final_test_error=r.final_test_error(num_classes), final_train_loss=r.final_train_loss(num_classes),
                  collapsed=r.collapsed(num_classes, tolerance))
-            for name, cfg in protocol["configurations"].items()
-            for r in configuration_runs(name, judge, runs_dir)["used"]]
+            for name, c in configs.items() for r in c["used"]]
     return pd.DataFrame(rows, columns=["configuration", "profile", "seed", "run_id", "final_test_error",
                                        "final_train_loss", "collapsed"])
+

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from identity_study.findings import (VERDICTS, Record, claim_test, configuration_run_ids, counted_runs, findings,
-                                     holm, load_protocol, protocol_commit, verdict)
+                                     gather_runs, holm, judge_claims, load_protocol, protocol_commit, verdict)
 from identity_study.records import code_fingerprint
 
 stats = pytest.importorskip("scipy.stats")
@@ -209,10 +209,12 @@ def test_counted_runs_are_the_runs_findings_counts_with_their_collapses(tmp_path
     fill(tmp_path, proto, {"identity": [59.0]}, precision="bf16")
     collapsed = Record.read(tmp_path / configuration_run_ids(proto["configurations"]["scaled"], [1])[0])
     (collapsed.path / "metrics.csv").write_text("iteration,train_loss\n900,2.30\n")
-    counted = counted_runs(tmp_path, proto, repo=ROOT)
+    gathered = gather_runs(tmp_path, proto, repo=ROOT)
+    counted = counted_runs(gathered, proto)
     assert list(counted.configuration) == ["scaled", "scaled", "identity", "identity"]
     assert list(counted.seed) == [0, 1, 0, 1] and set(counted.profile) == {"mini"}
     assert list(counted.collapsed) == [False, True, False, False]
     assert list(counted.final_test_error) == pytest.approx([80.0, 82.0, 60.0, 61.0])
-    _, configs = findings(tmp_path, proto, repo=ROOT)
+    _, configs = judge_claims(gathered, proto)
     assert list(configs.collapsed) == [1, 0] and list(configs.seeds) == [2, 2]
+    assert findings(tmp_path, proto, repo=ROOT)[1].equals(configs)      # the one-call form judges the same runs
