@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,56 +15,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import identity_study
-from . import experiments
-from .experiments import TABLES, Entry
 from .params import PRECISIONS, resolve_params
+from .protocol import (MAX_SEEDS, PROTOCOL_PATH, ProtocolError, checkout,  # noqa: F401 (the findings' names)
+                                     configuration_entry, configuration_params, configuration_run_ids, load_protocol,
+                                     planned_seeds)
 from .records import TERMINAL_STATUSES, code_differences, code_fingerprint
 
-PROTOCOL_PATH = Path("protocol") / "claims.toml"
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable at this scale")
-MAX_SEEDS = 10          # the protocol's cap on seeds per configuration: runs beyond it are never looked for
-
-
-def checkout() -> Path:
-    "The folder above the package: the study's checkout when it runs from one (a wheel's is site-packages)."
-    return Path(identity_study.__file__).resolve().parent.parent
-
-
-def load_protocol(path=None, repo=None) -> dict:
-    "The protocol: `path`, else protocol/claims.toml of the repository `repo` (default: this checkout)."
-    repo = Path(repo) if repo else checkout()
-    path = Path(path) if path else repo / PROTOCOL_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"no protocol at {path}: the findings are judged by protocol/claims.toml of a "
-                                "checkout of the study (a wheel does not ship it)")
-    return tomllib.loads(path.read_text())
+CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol configuration evaluates on the test split)
 
 # %% auto #0
-__all__ = ['PROTOCOL_PATH', 'VERDICTS', 'MAX_SEEDS', 'checkout', 'load_protocol', 'configuration_entry', 'configuration_params',
-           'configuration_run_ids', 'Record', 'protocol_commit', 'amendment_commit', 'descends_from', 'Judge', 'welch',
-           'claim_test', 'holm', 'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings',
-           'counted_runs']
+__all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
+           'descends_from', 'Judge', 'welch', 'claim_test', 'holm', 'holm_levels', 'verdict', 'configuration_runs',
+           'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of', 'machine_check',
+           'within_seed_correlation', 'familywise_bound']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
-def configuration_entry(cfg: dict) -> Entry:
-    "The entry of the paper's tables that configuration `cfg` runs (table, row and case as the protocol names them)."
-    found = [e for e in TABLES[cfg["table"]] if e.row == cfg["row"] and e.case == cfg["case"]]
-    if len(found) != 1:
-        raise ValueError(f"the protocol's configuration {cfg['row']!r} [{cfg['case']!r}] is not one entry of "
-                         f"{cfg['table']}: rows are {sorted({e.row for e in TABLES[cfg['table']]})}")
-    return found[0]
+def configuration_scale(cfg: dict) -> dict:
+    "The scale a configuration's runs are measured at: profile, iterations, epochs of the training set, width."
+    p = resolve_params(**configuration_params(cfg, planned_seeds(cfg)[:1])[0])
+    return dict(profile=cfg["profile"], iterations=p["iterations"], batch_size=p["batch_size"], width=p["width"],
+                epochs=round(p["iterations"] * p["batch_size"] / CIFAR_TRAIN_IMAGES, 2))
 
 
-def configuration_params(cfg: dict, seeds, precision: str = "fp32", profile: str | None = None) -> list[dict]:
-    "train() parameters of the configuration's runs for `seeds`: the entry under its profile, schedule and overrides."
-    schedule = getattr(experiments, cfg["schedule_from"]) if cfg.get("schedule_from") else {}
-    return [{**p, **schedule, **cfg.get("overrides", {}), "precision": precision}
-            for p in configuration_entry(cfg).run_params(profile or cfg["profile"], seeds)]
-
-
-def configuration_run_ids(cfg: dict, seeds, precision: str = "fp32", profile: str | None = None) -> list[str]:
-    return [resolve_params(**p)["run_id"] for p in configuration_params(cfg, seeds, precision, profile)]
+def scale_text(scale: dict) -> str:
+    "'cpu2k: 2,000 iterations (2.56 epochs), width 8' — a verdict's scale in words."
+    return (f"{scale['profile']}: {scale['iterations']:,} iterations ({scale['epochs']:g} epochs), "
+            f"width {scale['width']}")
 
 # %% ../nbs/09a_findings.ipynb #2340c3c1
 @dataclass
@@ -166,42 +142,51 @@ def descends_from(commit: str, ancestor: str, repo) -> bool:
 @dataclass
 class Judge:
     """What a record is checked against: the protocol, the code of this checkout, the commit that added the protocol
-    and, once amendment 1 fixed its numbers, the commit of that amendment (campaign runs must descend from it)."""
+    and the commits of its amendments (runs planned by an amendment must descend from it)."""
     protocol: dict
     repo: Path
     code: dict
     fixed_at: str | None
     amended_at: str | None = None
     pilot_runs: frozenset | None = None        # None: no amendment 1, so no run is held to it
+    amended2_at: str | None = None
+    planned2: dict | None = None               # {configuration: seeds} that amendment 2 plans
 
     @classmethod
     def of(cls, protocol: dict, repo) -> "Judge":
-        amendment = protocol.get("amendments", {}).get("1")
-        amended = amendment is not None
+        amendments = protocol.get("amendments", {})
+        first, second = amendments.get("1"), amendments.get("2")
         return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)),
-                   amended_at=amendment_commit(str(repo)) if amended else None,
-                   pilot_runs=frozenset(amendment.get("pilot_runs", [])) if amended else None)
+                   amended_at=amendment_commit(str(repo)) if first else None,
+                   pilot_runs=frozenset(first.get("pilot_runs", [])) if first else None,
+                   amended2_at=amendment_commit(str(repo), 2) if second else None,
+                   planned2={k: set(v) for k, v in second.get("planned", {}).items()} if second else None)
 
-    def why_not(self, record: Record) -> str | None:
+    def why_not(self, record: Record, configuration: str | None = None) -> str | None:
         "Why `record` may not enter a test (None when it may): the protocol's eligibility rules, in its order."
         if record.summary.get("status") not in TERMINAL_STATUSES:
             return "unfinished"
         if record.params.get("precision") != self.protocol["protocol"]["precision"]:
             return str(record.params.get("precision"))
-        waived = record.params.get("code") in self.protocol["eligibility"].get("waived_code", [])
-        if waived:
-            return None
-        if code_differences(record.params.get("code"), self.code):
-            return "other code"
+        if record.params.get("git_dirty") and self.planned2 is not None:
+            return "from a dirty tree"
         commit = record.params.get("git_commit")
+        waived = record.params.get("code") in self.protocol["eligibility"].get("waived_code", [])
+        if self.planned2 is None and waived:
+            return None                         # amendment 1's waiver, before amendment 2 withdrew it
         if self.fixed_at is None:
             return "no git history to check the commit order"
         if not (commit and descends_from(commit, self.fixed_at, str(self.repo))):
             return "made before the protocol"
+        if not waived and code_differences(record.params.get("code"), self.code):
+            return "other code"
         if self.pilot_runs is not None and record.path.name not in self.pilot_runs:
             # a campaign run: its seeds and the margins that judge it were fixed before it started
-            if not (self.amended_at and commit and descends_from(commit, self.amended_at, str(self.repo))):
+            if not (self.amended_at and descends_from(commit, self.amended_at, str(self.repo))):
                 return "made before amendment 1"
+        if self.planned2 and record.params.get("seed") in self.planned2.get(configuration, ()):
+            if not (self.amended2_at and descends_from(commit, self.amended2_at, str(self.repo))):
+                return "made before amendment 2"
         return None
 
 # %% ../nbs/09a_findings.ipynb #6bdf618e
@@ -258,6 +243,17 @@ def holm(p_values) -> np.ndarray:
     return adjusted
 
 
+def holm_levels(p_values, alpha: float) -> np.ndarray:
+    """The level at which Holm's step-down procedure tests each p of one family: alpha / (m - rank), rank 0 for the
+    smallest p. The interval at that level is the one whose exclusion of 0 (or of the margin) decides the claim."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), kind="stable")
+    levels, m = np.full(len(p), np.nan), int((~np.isnan(p)).sum())
+    for rank, i in enumerate(order[:m]):
+        levels[i] = alpha / (m - rank)
+    return levels
+
+
 def verdict(direction: str, test: dict, p_holm: float, alpha: float) -> str:
     "reproduced, contradicted or inconclusive, from the claim's test and its Holm-adjusted p."
     if not p_holm < alpha:
@@ -272,7 +268,7 @@ def configuration_runs(name: str, judge: Judge, runs_dir) -> dict:
     """The runs of configuration `name`: those that count (`used`, its planned seeds' eligible records) and, by
     reason, the records of the same entry that do not (other precision, code, profile, seeds; before the protocol)."""
     cfg = judge.protocol["configurations"][name]
-    planned, runs_dir = cfg["seeds"], Path(runs_dir)
+    planned, runs_dir = planned_seeds(cfg), Path(runs_dir)
     used, unused = [], {}
     entry = configuration_entry(cfg)
     for profile in [cfg["profile"], *(p for p in entry.profiles if p not in (cfg["profile"], "smoke"))]:
@@ -282,16 +278,16 @@ def configuration_runs(name: str, judge: Judge, runs_dir) -> dict:
                 record = Record.read(runs_dir / run_id)
                 if record is None:
                     continue
-                why = f"profile {profile}" if profile != cfg["profile"] else judge.why_not(record)
-                if why is None and seed >= planned:
-                    why = "beyond the planned seeds"
+                why = f"profile {profile}" if profile != cfg["profile"] else judge.why_not(record, name)
+                if why is None and seed not in planned:
+                    why = "not a planned seed"
                 if why is None:
                     used.append(record)
                 else:
                     unused[why] = unused.get(why, 0) + 1
     num_classes = judge.protocol["protocol"]["num_classes"]
     tolerance = judge.protocol["collapse"]["tolerance"]
-    return dict(configuration=name, profile=cfg["profile"], planned=planned, used=used, unused=unused,
+    return dict(configuration=name, profile=cfg["profile"], planned=len(planned), used=used, unused=unused,
                 collapsed=sum(r.collapsed(num_classes, tolerance) for r in used))
 
 
@@ -308,24 +304,31 @@ def gather_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> dic
     return {name: configuration_runs(name, judge, runs_dir) for name in protocol["configurations"]}
 
 
+def _family_of(protocol: dict) -> dict:
+    return {cid: name for name, fam in protocol["families"].items() for cid in fam["claims"]}
+
+
 def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every claim of `protocol` judged from the gathered runs `configs`: one row per claim (in the protocol's order)
     and one per configuration (its seeds, collapses and the runs it did not use)."""
     alpha, num_classes = protocol["protocol"]["alpha"], protocol["protocol"]["num_classes"]
-    rows = []
+    post_hoc = {cid for fam in protocol["families"].values() if fam.get("post_hoc") for cid in fam["claims"]}
+    rows, samples = [], {}
     for claim in protocol["claims"]:
         row = dict(id=claim["id"], paper_claim=claim["paper_claim"], paper=claim["paper"],
                    tested_here=claim.get("tested_here", ""), family=claim.get("family", ""),
                    metric=claim.get("metric", ""), direction=claim.get("direction", ""),
-                   margin=claim.get("margin"), p=math.nan, verdict="", why="")
+                   margin=claim.get("margin"), post_hoc=claim["id"] in post_hoc, p=math.nan, verdict="", why="")
         if claim["status"] != "tested":
             row.update(verdict="not testable at this scale", why=claim["reason"],
                        gpu_hours=claim.get("gpu_hours"), gpu_commands=claim.get("gpu_commands", []))
             rows.append(row)
             continue
         a, b = configs[claim["a"]], configs[claim["b"]]
+        scale = configuration_scale(protocol["configurations"][claim["a"]])
         row.update(a=claim["a"], b=claim["b"], n_a=len(a["used"]), n_b=len(b["used"]), planned_a=a["planned"],
                    planned_b=b["planned"], collapsed_a=a["collapsed"], collapsed_b=b["collapsed"],
+                   scale=scale_text(scale), **{k: scale[k] for k in ("profile", "iterations", "epochs", "width")},
                    unused=_unused_text({k: a["unused"].get(k, 0) + b["unused"].get(k, 0)
                                         for k in {**a["unused"], **b["unused"]}}))
         if len(a["used"]) < a["planned"] or len(b["used"]) < b["planned"]:
@@ -335,17 +338,27 @@ def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFr
         else:
             va = [r.metric(claim["metric"], num_classes) for r in a["used"]]
             vb = [r.metric(claim["metric"], num_classes) for r in b["used"]]
-            row.update(mean_a=float(np.mean(va)), mean_b=float(np.mean(vb)),
-                       **claim_test(claim["direction"], va, vb, claim.get("margin"), alpha))
+            samples[claim["id"]] = (va, vb)
+            row.update(mean_a=float(np.mean(va)), sd_a=float(np.std(va, ddof=1)), mean_b=float(np.mean(vb)),
+                       sd_b=float(np.std(vb, ddof=1)), **claim_test(claim["direction"], va, vb, claim.get("margin"),
+                                                                    alpha))
         rows.append(row)
     table = pd.DataFrame(rows)
-    for column in ("mean_a", "mean_b", "difference", "ci_low", "ci_high", "inside"):
+    for column in ("mean_a", "sd_a", "mean_b", "sd_b", "difference", "ci_low", "ci_high", "inside"):
         if column not in table:          # no claim was tested: the columns are there all the same, empty
             table[column] = math.nan
-    table["p_holm"] = math.nan
+    table["p_holm"], table["holm_level"] = math.nan, math.nan
     for family in protocol["families"].values():
         members = table.id.isin(family["claims"])
         table.loc[members, "p_holm"] = holm(table.loc[members, "p"].to_numpy())
+        table.loc[members, "holm_level"] = holm_levels(table.loc[members, "p"].to_numpy(), alpha)
+    # the interval whose exclusion of 0 (or of the margin) decides the claim: (1 - a_k), or (1 - 2 a_k) for "same"
+    table["ci_holm_low"], table["ci_holm_high"] = math.nan, math.nan
+    for i, r in table.iterrows():
+        if r.id in samples:
+            level = 2 * r.holm_level if r.direction == "same" else r.holm_level
+            held = claim_test(r.direction, *samples[r.id], r.margin if r.direction == "same" else None, level)
+            table.loc[i, ["ci_holm_low", "ci_holm_high"]] = held["ci_low"], held["ci_high"]
     tested = table.verdict == ""
     table.loc[tested, "verdict"] = [
         verdict(r.direction, r._asdict(), r.p_holm, alpha) for r in table[tested].itertuples(index=False)]
@@ -354,6 +367,8 @@ def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFr
     table["agrees"] = np.where(table.difference.isna(), None,
                                np.where(table.direction == "same", np.where(same, "yes", "no"),
                                         np.where(sign > 0, "yes", "no")))
+    # a completed claim whose estimate points away from the paper, significant or not, is said to lean against it
+    table["leans_against"] = (table.agrees == "no") & (table.verdict == "inconclusive")
     table.loc[tested & (table.why == ""), "why"] = table.loc[tested & (table.why == ""), "verdict"].map(
         {"inconclusive": f"Holm-adjusted p not below {alpha}"}).fillna("")
     config_table = pd.DataFrame([dict(configuration=c["configuration"], profile=c["profile"], planned=c["planned"],
@@ -368,17 +383,96 @@ def findings(runs_dir="runs", protocol: dict | None = None, repo=None) -> tuple[
     protocol = protocol or load_protocol(repo=repo)
     return judge_claims(gather_runs(runs_dir, protocol, repo), protocol)
 
-
 # %% ../nbs/09a_findings.ipynb #2fa7f692
 def counted_runs(configs: dict, protocol: dict) -> pd.DataFrame:
     """One row per run that counts (a planned seed's eligible record) in the gathered runs `configs`, configurations
     in the protocol's order: configuration, profile, seed, run id, final test error (%), last-10 % training loss,
-    collapsed."""
+    collapsed, the machine it was made on."""
     num_classes, tolerance = protocol["protocol"]["num_classes"], protocol["collapse"]["tolerance"]
     rows = [dict(configuration=name, profile=c["profile"], seed=r.params["seed"], run_id=r.path.name,
                  final_test_error=r.final_test_error(num_classes), final_train_loss=r.final_train_loss(num_classes),
-                 collapsed=r.collapsed(num_classes, tolerance))
+                 collapsed=r.collapsed(num_classes, tolerance), machine=machine_of(r))
             for name, c in configs.items() for r in c["used"]]
     return pd.DataFrame(rows, columns=["configuration", "profile", "seed", "run_id", "final_test_error",
-                                       "final_train_loss", "collapsed"])
+                                       "final_train_loss", "collapsed", "machine"])
 
+
+# %% ../nbs/09a_findings.ipynb #dcc2bcc6
+def machine_of(record: Record) -> str:
+    "The machine class a run was made on: its CPU or GPU model and capability class, from its params.json."
+    p = record.params
+    return f"{p.get('device_name') or 'unknown'} ({p.get('cpu_capability') or '?'})"
+
+
+def _short_machine(name: str) -> str:
+    return "EPYC" if "EPYC" in name else ("Xeon" if "Xeon" in name else name.split(" (")[0])
+
+
+def _machine_counts(records) -> str:
+    counts = pd.Series([_short_machine(machine_of(r)) for r in records]).value_counts()
+    return ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
+def machine_check(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """Per tested, complete claim: how its runs fall across machines, the difference a - b re-estimated with the
+    machine as a covariate (its two-sided p; 'not separable' where machine and side are aliased) and within each
+    machine with 2 runs or more on both sides; `machine_sensitive` where the verdict's direction is not significant
+    at the claim's Holm level with the covariate."""
+    num_classes = protocol["protocol"]["num_classes"]
+    out = []
+    for r in table[table.difference.notna()].itertuples(index=False):
+        ra, rb = configs[r.a]["used"], configs[r.b]["used"]
+        y = np.array([x.metric(r.metric, num_classes) for x in (*ra, *rb)])
+        side = np.array([1.0] * len(ra) + [0.0] * len(rb))
+        machines = [_short_machine(machine_of(x)) for x in (*ra, *rb)]
+        kinds = sorted(set(machines))
+        row = dict(id=r.id, machines_a=_machine_counts(ra), machines_b=_machine_counts(rb), covariate="one machine",
+                   difference_adjusted=math.nan, p_adjusted=math.nan, within="", machine_sensitive=False)
+        if len(kinds) > 1:
+            X = np.column_stack([np.ones_like(side), side, *[[m == k for m in machines] for k in kinds[1:]]])
+            X = X.astype(float)
+            if np.linalg.matrix_rank(X) < X.shape[1] or len(y) <= X.shape[1]:
+                row["covariate"] = "not separable"
+            else:
+                beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+                dof = len(y) - X.shape[1]
+                sigma2 = float(((y - X @ beta) ** 2).sum() / dof)
+                se = math.sqrt(sigma2 * np.linalg.inv(X.T @ X)[1, 1])
+                p = 1.0 if se == 0 else min(1.0, 2 * _above(abs(beta[1]) / se, dof))
+                row.update(covariate="estimated", difference_adjusted=float(beta[1]), p_adjusted=p)
+                if r.verdict in ("reproduced", "contradicted") and r.direction != "same":
+                    row["machine_sensitive"] = bool(p >= r.holm_level or np.sign(beta[1]) != np.sign(r.difference))
+            parts = []
+            for k in kinds:
+                va = [v for v, s, m in zip(y, side, machines) if s and m == k]
+                vb = [v for v, s, m in zip(y, side, machines) if not s and m == k]
+                if len(va) >= 2 and len(vb) >= 2:
+                    t = claim_test("worse", va, vb)
+                    parts.append(f"{k}: {t['difference']:+.2f} (p {t['p']:.2g}, {len(va)} v {len(vb)})")
+            row["within"] = "; ".join(parts)
+        out.append(row)
+    return pd.DataFrame(out, columns=["id", "machines_a", "machines_b", "covariate", "difference_adjusted",
+                                      "p_adjusted", "within", "machine_sensitive"])
+
+
+def within_seed_correlation(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.DataFrame:
+    "Per tested, complete claim: the correlation of the two sides' deviations from their means over common seeds."
+    num_classes = protocol["protocol"]["num_classes"]
+    out = []
+    for r in table[table.difference.notna()].itertuples(index=False):
+        a = {x.params["seed"]: x.metric(r.metric, num_classes) for x in configs[r.a]["used"]}
+        b = {x.params["seed"]: x.metric(r.metric, num_classes) for x in configs[r.b]["used"]}
+        common = sorted(set(a) & set(b))
+        va, vb = np.array([a[s] for s in common]), np.array([b[s] for s in common])
+        ok = len(common) >= 3 and va.std() > 0 and vb.std() > 0
+        out.append(dict(id=r.id, common_seeds=len(common), correlation=float(np.corrcoef(va, vb)[0, 1]) if ok
+                        else math.nan))
+    return pd.DataFrame(out, columns=["id", "common_seeds", "correlation"])
+
+
+def familywise_bound(table: pd.DataFrame, protocol: dict) -> dict:
+    "Families with at least one completed test, and Bonferroni's bound on any false verdict over them (post hoc apart)."
+    alpha = protocol["protocol"]["alpha"]
+    counted = [name for name, fam in protocol["families"].items() if not fam.get("post_hoc")
+               and table[table.id.isin(fam["claims"])].difference.notna().any()]
+    return dict(families=counted, alpha=alpha, bound=min(1.0, len(counted) * alpha))

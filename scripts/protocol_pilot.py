@@ -1,6 +1,7 @@
-"""What the protocol's rules give from its pilot (amendment 1 of protocol/claims.toml), computed, not typed.
+"""What the protocol's rules give from its pilot (amendments 1 and 2 of protocol/claims.toml), computed, not typed.
 
-    .venv/bin/python scripts/protocol_pilot.py
+    .venv/bin/python scripts/protocol_pilot.py                 # amendment 1's numbers
+    .venv/bin/python scripts/protocol_pilot.py --amendment 2   # amendment 2's: claim 11's power, the new claims
 
 Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-3) and the committed mini
 records, and prints: the pilot's means and seed SDs of the three metrics, the ratio r that scales the mini records'
@@ -56,7 +57,53 @@ def tost_power(margin, sigma, n_a, n_b, level, rng) -> float:
     return float((np.maximum(lower, upper) < level).mean())
 
 
+def pilot_values(proto) -> dict:
+    "The pilot's metric values: {configuration: {metric: array over seeds 0-3}}."
+    configs = proto["configurations"]
+    pilot = {name: records(configs[name], range(4), "cpu2k", ("fp32",)) for name in ("original 110", "preact 110")}
+    return {name: {m: np.array([r.metric(m) for r in rs]) for m in METRICS} for name, rs in pilot.items()}
+
+
+def amendment_2():
+    """Claim 11's power from the SD of its own configuration (both sides are full pre-activation; amendment 1 used
+    the pooled original + pre-activation SD), and the power of the claims amendment 2 adds before their runs."""
+    proto = load_protocol(repo=ROOT)
+    configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
+    values = pilot_values(proto)
+    rng = np.random.default_rng(2)
+    err = "final_test_error"
+    o, p = values["original 110"][err], values["preact 110"][err]
+    pooled = math.sqrt((o.var(ddof=1) + p.var(ddof=1)) / 2)
+    ratio = (o.mean() - p.mean()) / MINI_PILOT_CONTRAST[err]
+    for family_name in ("activation_110", "supplement_110"):
+        family = proto["families"][family_name]
+        level = alpha / len(family["claims"])
+        for cid in family["claims"]:
+            c = next(c for c in proto["claims"] if c["id"] == cid)
+            n_a, n_b = len(configs[c["a"]]["seeds"]) if isinstance(configs[c["a"]]["seeds"], list) else \
+                configs[c["a"]]["seeds"], configs[c["b"]]["seeds"]
+            if cid == "11":
+                sd_own = p.std(ddof=1)
+                print(f"11 (TOST, M = {c['margin']}, level {level:.4f}, {n_a} v {n_b}): power with the SD of preact "
+                      f"110 itself ({sd_own:.2f}): {tost_power(c['margin'], sd_own, n_a, n_b, level, rng):.2f}; with "
+                      f"amendment 1's pooled SD ({pooled:.2f}): {tost_power(c['margin'], pooled, n_a, n_b, level, rng):.2f}")
+            elif family_name == "supplement_110":
+                mini_a = [r.metric(err) for r in records(configs[c["a"]], range(10), "mini")]
+                mini_b = [r.metric(err) for r in records(configs[c["b"]], range(10), "mini")]
+                if mini_a and mini_b:
+                    delta = (np.mean(mini_a) - np.mean(mini_b)) * ratio
+                    planned = f"mini {np.mean(mini_a) - np.mean(mini_b):+.2f} ({len(mini_a)} v {len(mini_b)} " \
+                              f"records) x r {ratio:.3f} = {delta:+.2f}"
+                else:
+                    delta = -(o.mean() - p.mean()) if c["direction"] == "better" else (o.mean() - p.mean())
+                    planned = f"no mini record without warm-up; planned at the pilot's gap {delta:+.2f}"
+                print(f"{cid} (Welch, level {level:.4f}, {n_a} v {n_b}): {planned}, sigma {pooled:.2f}: power "
+                      f"{welch_power(delta, pooled, n_a, n_b, level, rng):.2f}")
+
+
 def main():
+    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "2":
+        return amendment_2()
     proto = load_protocol(repo=ROOT)
     configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
     lo, hi = 3, 10
