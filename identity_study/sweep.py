@@ -11,16 +11,20 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from .experiments import TABLES
+from .experiments import TABLES, configs
 from .params import PROFILES
 from .sweep_checks import SlurmError, check_slurm, node_local
-from .sweep_local import sweep
+from .sweep_local import check_jobs, pool_defaults, run_plan, sweep
+from .protocol import fit_hours, load_protocol, plan_protocol, started_on, this_machine
+from .records import EXECUTION_PARAMS, TERMINAL_STATUSES, read_status
 from .sweep_plan import Claim, log_to_terminal, plan_table, run_notebook, train_notebook
 from .sweep_slurm import (LIVE_STATES, SLURM_OPTIONS, RunFailedError, SlurmRun, follow_jobs, job_outcome,
-                                        load_site, slurm_minutes, slurm_options, slurm_states, slurm_sweep)
+                                        load_site, slurm_execution, slurm_minutes, slurm_options,
+                                        slurm_run_plan, slurm_states, slurm_sweep)
 from .sweep_status import STATUS_ORDER, sweep_status
 
 # the sweep's public names, in one place (`from identity_study.sweep import sweep, slurm_sweep, sweep_status`)
@@ -30,10 +34,10 @@ _all_ = ["sweep", "slurm_sweep", "sweep_status", "Claim", "plan_table", "run_not
          "STATUS_ORDER"]
 
 # %% auto #0
-__all__ = ['build_parser', 'main', 'sweep', 'slurm_sweep', 'sweep_status', 'Claim', 'plan_table', 'run_notebook',
-           'train_notebook', 'log_to_terminal', 'check_slurm', 'node_local', 'SlurmError', 'SLURM_OPTIONS', 'load_site',
-           'slurm_minutes', 'slurm_options', 'SlurmRun', 'RunFailedError', 'LIVE_STATES', 'slurm_states', 'follow_jobs',
-           'job_outcome', 'STATUS_ORDER']
+__all__ = ['build_parser', 'check_data', 'main', 'protocol_states', 'sweep', 'slurm_sweep', 'sweep_status', 'Claim', 'plan_table',
+           'run_notebook', 'train_notebook', 'log_to_terminal', 'check_slurm', 'node_local', 'SlurmError',
+           'SLURM_OPTIONS', 'load_site', 'slurm_minutes', 'slurm_options', 'SlurmRun', 'RunFailedError', 'LIVE_STATES',
+           'slurm_states', 'follow_jobs', 'job_outcome', 'STATUS_ORDER']
 
 # %% ../nbs/08_sweep.ipynb #967dd305
 def _overrides(args) -> dict:
@@ -52,13 +56,22 @@ def _overrides(args) -> dict:
 def _selection() -> argparse.ArgumentParser:
     "The flags that say which runs: the same for `run` and `status`, so that both plan the same runs."
     ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("table", choices=[*TABLES, "all"])
-    ap.add_argument("--profile", default="smoke", choices=list(PROFILES),
-                    help="the recipe at another scale (chapter 5; default: smoke)")
+    ap.add_argument("table", choices=[*TABLES, "all", "protocol"],
+                    help="a table of the paper, all of them, or 'protocol': every run the study's findings rest on")
+    ap.add_argument("--profile", default=None, choices=list(PROFILES),
+                    help="the recipe at another scale (chapter 5; default: smoke); not with 'protocol'")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 5, the paper's median of 5)")
     ap.add_argument("--runs-dir", default=os.environ.get("IDENTITY_STUDY_RUNS", "runs"),
                     help="the runs folder (default: $IDENTITY_STUDY_RUNS, else runs)")
     ap.add_argument("--only", default=None, help="only entries whose label contains this text")
+    ap.add_argument("--claims", action="append", default=[], metavar="IDS",
+                    help="protocol: the runs of these claims only (comma-separated; '7' is every tested claim 7 (...))")
+    ap.add_argument("--configurations", action="append", default=[], metavar="NAMES",
+                    help="protocol: the runs of these configurations only (semicolon-separated names of "
+                         "protocol/claims.toml)")
+    ap.add_argument("--max-hours", type=float, default=None, metavar="H",
+                    help="protocol: only the missing runs that fit H hours on the lanes (--jobs), by their measured "
+                         "lane-hours, in the campaign's order; the rest waits for the next invocation")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a train() parameter for every run (value parsed as JSON when it can be); "
                          "rerun=true retrains the records that other code computed")
@@ -74,6 +87,16 @@ _SLURM_FLAGS = [("--partition", str), ("--account", str), ("--qos", str), ("--co
                 ("--gpus-per-run", int), ("--cpus-per-run", int), ("--mem", str), ("--time", str),
                 ("--max-parallel", int), ("--max-timeouts", int), ("--nodes", int), ("--gpus-per-node", int),
                 ("--tasks-per-node", int), ("--claim-wait", int)]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of runs at a time (1 or more)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     local = run.add_argument_group("local executor")
     local.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
     local.add_argument("--gpus", default=None, help="comma-separated GPU indices: one run per GPU at a time")
-    local.add_argument("--jobs", type=int, default=None, help="runs at a time on the CPU (each gets cores/jobs threads)")
+    local.add_argument("--jobs", type=_positive, default=None,
+                       help="runs at a time on the CPU (each gets cores/jobs threads; default 1)")
     slurm = run.add_argument_group("Slurm executor (flags win over the --site file)")
     for flag, kind in _SLURM_FLAGS:
         slurm.add_argument(flag, type=kind, default=None, help=SLURM_OPTIONS[flag[2:].replace("-", "_")])
@@ -109,15 +133,52 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _table_selection(args):
+    "The table, profile and seeds of a table sweep; protocol-only flags refused, an --only that matches nothing too."
+    given = [f for f, v in (("--claims", args.claims), ("--configurations", args.configurations),
+                            ("--max-hours", args.max_hours)) if v]
+    if given:
+        raise ValueError(f"{', '.join(given)} select runs of the protocol (sweep run protocol), not of {args.table}")
+    profile, seeds = args.profile or "smoke", args.seeds if args.seeds is not None else 5
+    if args.only:
+        labels = sorted({c["entry"].label for c in configs(args.table, profile, seeds)})
+        if not any(args.only in label for label in labels):
+            raise ValueError(f"--only {args.only!r} matches no entry of {args.table} under profile {profile}; its "
+                             f"entries are: {'; '.join(labels)}")
+    return profile, seeds
+
+
+def check_data(todo: list, data_dir=None):
+    "Every CIFAR set the planned runs train on is there, before anything starts (else one line says how to get it)."
+    from identity_study.data import DataError, cifar_files_status, data_root
+    for dataset in sorted({j["params"].get("dataset") for j in todo} & {"cifar10", "cifar100"}):
+        folders = {j["params"].get("data_dir") or data_dir for j in todo if j["params"].get("dataset") == dataset}
+        for folder in folders:
+            root = data_root(folder)
+            try:
+                missing = cifar_files_status(dataset, root) == "missing"
+            except DataError as e:
+                raise ValueError(str(e)) from None
+            if missing:
+                raise ValueError(f"no {dataset} under {root}: rebuild it with `make data` (or python -m "
+                                 "identity_study.data), or point --data-dir or $IDENTITY_STUDY_DATA at a folder that "
+                                 "holds it")
+
+
 def _run(args) -> int:
+    if args.table == "protocol":
+        return _run_protocol(args)
     overrides = _overrides(args)
-    seeds = args.seeds if args.seeds is not None else 5
+    profile, seeds = _table_selection(args)
     slurm_given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
     slurm_given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
     if args.executor == "local":
         if slurm_given:
             raise ValueError(f"{', '.join(slurm_given)} only apply to --executor slurm")
-        frame = sweep(args.table, args.profile, seeds, args.runs_dir, args.data_dir, args.device or "auto",
+        if not args.dry_run and "dataset" not in overrides:
+            check_data(plan_table(args.table, profile, seeds, args.runs_dir, args.data_dir, overrides, args.only),
+                       args.data_dir)
+        frame = sweep(args.table, profile, seeds, args.runs_dir, args.data_dir, args.device or "auto",
                       args.gpus.split(",") if args.gpus else None, args.jobs or 1, overrides, args.only, args.dry_run)
     else:
         local_given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
@@ -127,16 +188,23 @@ def _run(args) -> int:
         site = load_site(args.site) if args.site else {}
         opts = slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
                                       for f, _ in _SLURM_FLAGS})
-        frame = slurm_sweep(args.table, args.profile, seeds, args.runs_dir, args.data_dir, overrides, args.only,
+        frame = slurm_sweep(args.table, profile, seeds, args.runs_dir, args.data_dir, overrides, args.only,
                             opts, args.dry_run, args.wait, args.poll)
     failed = len(frame) and ((frame.status == "failed") | (frame.get("action", pd.Series(dtype=str)) == "failed")).sum()
     return 1 if failed else 0
 
 
 def _status(args) -> int:
+    if args.table == "protocol":
+        protocol, claims, configurations, overrides = _protocol_selection(args)
+        todo = plan_protocol(args.runs_dir, protocol, claims, configurations, fixed=overrides)
+        states = protocol_states(todo, args.runs_dir, protocol)
+        _log_states(states, protocol, verbose=False)
+        return 0
+    profile, seeds = _table_selection(args)
     site = load_site(args.site) if args.site else {}
-    sweep_status(args.table, args.profile, args.seeds if args.seeds is not None else 5, args.runs_dir,
-                 _overrides(args), args.only, precision=site.get("precision"))
+    sweep_status(args.table, profile, seeds, args.runs_dir, _overrides(args), args.only,
+                 precision=site.get("precision"))
     return 0
 
 
@@ -149,6 +217,113 @@ def main(argv=None) -> int:
     except ValueError as e:         # bad input, said before anything runs (SlurmError is one)
         sys.exit(f"error: {e}")
 
+
+# %% ../nbs/08_sweep.ipynb #2329330e
+def _protocol_selection(args):
+    "The protocol, the chosen claims and configurations, and the execution overrides; the table flags refused."
+    given = [f for f, v in (("--profile", args.profile), ("--seeds", args.seeds), ("--only", args.only)) if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} select runs of a table; the protocol fixes its own profiles and seeds "
+                         "(select with --claims or --configurations)")
+    overrides = _overrides(args)
+    computing = sorted(k for k in overrides if k not in EXECUTION_PARAMS)
+    if computing:
+        raise ValueError(f"--set {computing[0]} would change what the protocol's runs compute (and their run ids); "
+                         f"only execution parameters may be set: {', '.join(sorted(EXECUTION_PARAMS))}")
+    protocol = load_protocol()
+    claims = [c.strip() for item in args.claims for c in item.split(",") if c.strip()]
+    configurations = [c.strip() for item in args.configurations for c in item.split(";") if c.strip()]
+    return protocol, claims, configurations, overrides
+
+
+def protocol_states(todo: list, run_dir, protocol: dict, device: str = "cpu") -> pd.DataFrame:
+    """One row a planned run: configuration, seed, run id, lane-hours and its state — counts; done but does not count
+    (and why); missing; interrupted here (resumes); interrupted on another machine (resumes only there); failed."""
+    from identity_study.findings import Judge, Record, checkout
+    judge, here, rows = Judge.of(protocol, checkout()), None, []
+    for job in todo:
+        path = Path(run_dir) / job["run_id"]
+        status, runnable = read_status(path), False
+        if status in TERMINAL_STATUSES:
+            record = Record.read(path)
+            why = judge.why_not(record, job["configuration"]) if record else "unreadable"
+            state = "counts" if why is None else f"done, does not count: {why}"
+        elif status == "interrupted":
+            here = here or this_machine(device)
+            there = started_on(path)
+            runnable = there == here
+            state = "interrupted: resumes here" if runnable else (
+                f"interrupted on {there['device_name']} ({there['hostname']}): resumes only there")
+        elif status is None:
+            state, runnable = "missing", True
+        else:
+            state, runnable = f"{status}: tried again", status == "failed"
+        rows.append(dict(configuration=job["configuration"], seed=job["seed"], run_id=job["run_id"],
+                         lane_hours=job["lane_hours"], state=state, runnable=runnable))
+    return pd.DataFrame(rows, columns=["configuration", "seed", "run_id", "lane_hours", "state", "runnable"])
+
+
+def _log_states(states: pd.DataFrame, protocol: dict, verbose: bool = True, lanes: int = 1):
+    log = logging.getLogger("identity_study.sweep")
+    if verbose:
+        for i, r in enumerate(states.itertuples(index=False), 1):
+            log.info(f"[{i}/{len(states)}] {r.run_id}: {r.state} ({r.configuration}, seed {r.seed}, "
+                     f"{r.lane_hours:.2f} h)")
+    by = states.assign(kind=states.state.str.split(":").str[0]).pivot_table(
+        index="configuration", columns="kind", values="seed", aggfunc="count", fill_value=0)
+    by = by.reindex([c for c in dict.fromkeys(states.configuration)])
+    log.info(by.to_string())
+    todo = states[states.runnable]
+    log.info(f"{len(states)} planned runs: {(states.state == 'counts').sum()} count, {len(todo)} to run "
+             f"({todo.lane_hours.sum():.1f} lane-hours, about {todo.lane_hours.sum() / lanes:.1f} h on {lanes} "
+             f"lane(s)), {len(states) - len(todo) - (states.state == 'counts').sum()} done or held otherwise")
+
+
+def _run_protocol(args) -> int:
+    protocol, claims, configurations, overrides = _protocol_selection(args)
+    gpus = args.gpus.split(",") if args.gpus else None
+    if args.executor == "local":
+        slurm_given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+        slurm_given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
+        if slurm_given:
+            raise ValueError(f"{', '.join(slurm_given)} only apply to --executor slurm")
+        lanes = len(gpus) if gpus else (args.jobs or 1)
+        check_jobs(lanes)
+        fixed = {**overrides, "device": "cuda" if gpus else (args.device or overrides.get("device") or "auto")}
+        todo = plan_protocol(args.runs_dir, protocol, claims, configurations, args.data_dir, fixed=fixed,
+                             defaults=pool_defaults(gpus, lanes))
+    else:
+        local_given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
+        if local_given:
+            raise ValueError(f"{', '.join(local_given)} only apply to --executor local")
+        site = load_site(args.site) if args.site else {}
+        opts = slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
+                                      for f, _ in _SLURM_FLAGS})
+        extra = slurm_execution(opts, overrides)
+        if extra["precision"] != protocol["protocol"]["precision"]:
+            raise ValueError(f"the protocol's runs are {protocol['protocol']['precision']}, not {extra['precision']}")
+        lanes = opts.get("max_parallel") or 1
+        todo = plan_protocol(Path(args.runs_dir).resolve(), protocol, claims, configurations, args.data_dir,
+                             fixed={**extra, **overrides}, resolve_on="cpu")
+    device = "cuda" if gpus or (args.executor == "slurm" and extra["device"] == "cuda") else "cpu"
+    states = protocol_states(todo, args.runs_dir, protocol, device)
+    runnable = [j for j, ok in zip(todo, states.runnable) if ok]
+    chosen, left = fit_hours(runnable, args.max_hours, lanes) if args.max_hours else (runnable, [])
+    _log_states(states, protocol, lanes=lanes)
+    if args.max_hours:
+        log = logging.getLogger("identity_study.sweep")
+        log.info(f"--max-hours {args.max_hours:g} on {lanes} lane(s): {len(chosen)} runs now "
+                 f"({sum(j['lane_hours'] for j in chosen):.1f} lane-hours), {len(left)} left for the next invocation")
+    if args.dry_run or not chosen:
+        return 0
+    if args.executor == "local":
+        check_data(chosen, args.data_dir)
+        frame = run_plan(chosen, args.runs_dir, gpus, lanes, False, f"sweep protocol ({len(chosen)} runs)")
+    else:
+        frame = slurm_run_plan(chosen, args.runs_dir, opts, False, args.wait, args.poll, name="protocol",
+                               title=f"sweep protocol ({len(chosen)} runs)", follow="status protocol")
+    failed = len(frame) and ((frame.status == "failed") | (frame.get("action", pd.Series(dtype=str)) == "failed")).sum()
+    return 1 if failed else 0
 
 if __name__ == "__main__" and not hasattr(builtins, "__IPYTHON__"):
     sys.exit(main())

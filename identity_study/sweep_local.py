@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import TERMINAL_STATUSES, is_locked, read_status
+from .records import TERMINAL_STATUSES, end_attempt, is_locked, note_attempt, read_status
 from .sweep_plan import Claim, describe_run, plan_table, run_notebook, stale_code
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['sweep']
+__all__ = ['sweep', 'check_jobs', 'pool_defaults', 'run_plan']
 
 # %% ../nbs/08b_sweep_local.ipynb #2566ae0d
 def sweep(table: str, profile: str = "smoke", seeds=1, run_dir: str = "runs", data_dir: str | None = None,
@@ -29,14 +29,40 @@ def sweep(table: str, profile: str = "smoke", seeds=1, run_dir: str = "runs", da
 
     `gpus`: one run per listed GPU at a time. `jobs`: that many runs at a time on the CPU, each with an equal share of
     the cores (on a busy CPU, one thread per run beats two threads for one run by far)."""
-    run_dir = Path(run_dir)
+    check_jobs(jobs)
+    todo = plan_table(table, profile, seeds, Path(run_dir), data_dir, overrides, only,
+                      fixed=dict(device="cuda" if gpus else device), defaults=pool_defaults(gpus, jobs))
+    return run_plan(todo, run_dir, gpus, jobs, dry_run, f"sweep {table} ({profile}, seeds {seeds})", wait_poll)
+
+
+def check_jobs(jobs):
+    "`jobs` must be a whole number of at least 1 (0 is refused, never read as 1)."
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
-    todo = plan_table(table, profile, seeds, run_dir, data_dir, overrides, only,
-                      fixed=dict(device="cuda" if gpus else device),
-                      defaults=dict(threads=max(1, (os.cpu_count() or 1) // jobs)) if not gpus and jobs > 1 else None)
+        raise ValueError(f"jobs must be a whole number >= 1 (runs at a time), got {jobs!r}")
+
+
+def pool_defaults(gpus, jobs) -> dict | None:
+    "The execution defaults of a pool of `jobs` CPU runs: an equal share of the cores each."
+    return dict(threads=max(1, (os.cpu_count() or 1) // jobs)) if not gpus and jobs > 1 else None
+
+
+def _eta(started: float, finished: int, left: int, lanes: int) -> str:
+    if not finished or not left:
+        return ""
+    per_run = (time.time() - started) / finished * min(lanes, finished + left)
+    return f"; {left} to go, about {per_run * left / lanes / 60:.0f} min more at this pace"
+
+
+def run_plan(todo: list, run_dir="runs", gpus: list | None = None, jobs: int = 1, dry_run: bool = False,
+             title: str = "sweep", wait_poll: float = 2.0) -> pd.DataFrame:
+    """Run the planned runs `todo` (chapter 8a's `plan_table`, or chapter 7a's `plan_protocol`) on this machine, a pool
+    of `jobs` (or one per GPU of `gpus`) at a time; skip the finished ones, resume the interrupted ones. One row a run.
+    Every start is noted in the run's `scheduler.json` with the machine that made it (chapter 4)."""
+    check_jobs(jobs)
+    run_dir = Path(run_dir)
     n = len(todo)
-    _log.info(f"sweep {table} ({profile}, seeds {seeds}): {n} runs under {run_dir}")
+    _log.info(f"{title}: {n} runs under {run_dir}")
+    started, done_here = time.time(), []
     results, deferred = {}, []
     lock = threading.Lock()
     slots = list(gpus) if gpus else [None] * jobs
@@ -68,8 +94,10 @@ def sweep(table: str, profile: str = "smoke", seeds=1, run_dir: str = "runs", da
                 return dict(action="skipped", **describe_run(status, path / "summary.json"))
             action = "resumed" if status == "interrupted" else ("retried" if status == "failed" else "trained")
             env = {"CUDA_VISIBLE_DEVICES": str(slot)} if slot is not None else {}
+            attempt = note_attempt(path, executor="local", **_machine(job))
             out = run_notebook(job["params"], path, env)
             status = read_status(path) or "failed"
+            end_attempt(path, attempt, status=status, returncode=out["returncode"])
             if out["returncode"] != 0 and "RunLockedError" in out["error"]:
                 return None
             if out["returncode"] != 0 and status not in ("failed", "interrupted"):
@@ -78,8 +106,11 @@ def sweep(table: str, profile: str = "smoke", seeds=1, run_dir: str = "runs", da
             if out["returncode"] != 0:
                 row["error"] = out["error"]
             err = row.get("final_test_error")
+            with lock:
+                done_here.append(job["run_id"])
+                eta = _eta(started, len(done_here), max(0, n - len(results) - 1), len(slots))
             _log.info(f"{tag}: {action} -> {status}" + (f", test error {100 * err:.2f}%" if err is not None else "")
-                     + f" ({out['seconds']:.0f} s)" + (f"; {row['error']}" if row.get("error") else ""))
+                     + f" ({out['seconds']:.0f} s)" + (f"; {row['error']}" if row.get("error") else "") + eta)
             return row
         finally:
             claim.release()
@@ -122,3 +153,13 @@ def _held(run_dir, job) -> bool:
         claim.release()
         return is_locked(Path(run_dir) / job["run_id"])
     return True
+
+
+def _machine(job) -> dict:
+    "The machine a run starts on, for its scheduler.json (where the host name alone may not tell machines apart)."
+    from identity_study.protocol import this_machine
+    device = job["params"].get("device") or "cpu"
+    try:
+        return this_machine("cpu" if device == "auto" else device)
+    except Exception as e:          # a device this process cannot query (a GPU not visible here): said, not fatal
+        return dict(machine_error=str(e)[:200])

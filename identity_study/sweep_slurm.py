@@ -26,7 +26,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['SLURM_OPTIONS', 'LIVE_STATES', 'slurm_minutes', 'load_site', 'slurm_options', 'RunFailedError', 'SlurmRun',
-           'slurm_states', 'job_marker', 'read_json', 'slurm_sweep', 'follow_jobs', 'job_outcome']
+           'slurm_states', 'slurm_execution', 'job_marker', 'read_json', 'slurm_sweep', 'slurm_run_plan', 'follow_jobs',
+           'job_outcome']
 
 # %% ../nbs/08d_sweep_slurm.ipynb #911abc9e
 # what a site file and the flags may set; a site file is TOML (see the README's "On a cluster")
@@ -263,8 +264,8 @@ def slurm_states(job_ids) -> dict:
     return states
 
 
-def _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts):
-    "The runs of a Slurm sweep, resolved as the compute nodes will resolve them."
+def slurm_execution(opts: dict, overrides: dict | None = None) -> dict:
+    "What a Slurm sweep fixes in every run: the precision the login node can decide, the device, the CPU threads."
     # the default (fp32) means the same on every node; 'auto' would be decided by the node that trains
     precision = (overrides or {}).get("precision") or opts.get("precision") or PARAMS["precision"].default
     if precision == "auto":
@@ -273,12 +274,18 @@ def _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts)
                          "for would not be the runs the compute nodes write. Give --set precision=bf16 (GPUs since "
                          "A100, CPUs with AVX-512 BF16 or AMX) or --set precision=fp32 (the default), or `precision` "
                          "in the site file")
-    device = "cuda" if opts["gpus"] else "cpu"
-    extra = dict(precision=precision, device=device)
+    extra = dict(precision=precision, device="cuda" if opts["gpus"] else "cpu")
     if not opts["gpus"]:
         extra["threads"] = opts["cpus_per_run"]
+    return extra
+
+
+def _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts):
+    "The runs of a Slurm sweep, resolved as the compute nodes will resolve them."
+    extra = slurm_execution(opts, overrides)
     # a GPU run is resolved here as if on the CPU: what decides its id is explicit, the device only says where
-    return plan_table(table, profile, seeds, run_dir, data_dir, {**extra, **(overrides or {}), "precision": precision},
+    return plan_table(table, profile, seeds, run_dir, data_dir, {**extra, **(overrides or {}),
+                                                                 "precision": extra["precision"]},
                       only, resolve_on="cpu")
 
 
@@ -304,9 +311,17 @@ def slurm_sweep(table: str, profile: str = "smoke", seeds=1, run_dir="runs", dat
         opts = slurm_options(None, **(opts or {}))
     run_dir = Path(run_dir).resolve()
     todo = _slurm_plan(table, profile, seeds, run_dir, data_dir, overrides, only, opts)
+    return slurm_run_plan(todo, run_dir, opts, dry_run, wait, poll, name=table, title=f"sweep {table} ({profile}, "
+                          f"seeds {seeds})", follow=f"status {table} --profile {profile}")
+
+
+def slurm_run_plan(todo: list, run_dir, opts: dict, dry_run: bool = False, wait: bool = False, poll: float = 5.0,
+                   name: str = "sweep", title: str = "sweep", follow: str = "status") -> pd.DataFrame:
+    """Submit the planned runs `todo` (a table's or the protocol's, resolved with `slurm_execution`) that are not
+    finished as one Slurm job array; with `wait`, follow them to their end. One row per run."""
+    run_dir = Path(run_dir).resolve()
     part = check_slurm(opts, run_dir)
-    _log.info(f"sweep {table} ({profile}, seeds {seeds}) on Slurm partition {part['name']}: {len(todo)} runs under "
-             f"{run_dir}")
+    _log.info(f"{title} on Slurm partition {part['name']}: {len(todo)} runs under {run_dir}")
     lock = FileLock(run_dir / ".slurm" / "submit.lock")   # one submitting sweep at a time per runs folder
     if not lock.acquire_within(300):
         raise SlurmError(f"another sweep (pid {lock.holder()}) has been submitting to {run_dir} for 5 minutes")
@@ -337,7 +352,7 @@ def slurm_sweep(table: str, profile: str = "smoke", seeds=1, run_dir="runs", dat
                 rows[job["run_id"]] = dict(info, action="would submit", status=read_status(
                     run_dir / job["run_id"]) or "new")
             return _frame(todo, rows)
-        executor = _slurm_executor(opts, part, run_dir, table)
+        executor = _slurm_executor(opts, part, run_dir, name)
         starts = run_dir / ".slurm" / "starts"
         starts.mkdir(parents=True, exist_ok=True)
         (run_dir / ".slurm" / "jobs").mkdir(parents=True, exist_ok=True)
@@ -351,7 +366,7 @@ def slurm_sweep(table: str, profile: str = "smoke", seeds=1, run_dir="runs", dat
         lock.release()
     array = jobs[0].job_id.split("_")[0]
     _log.info(f"submitted {len(jobs)} run(s) as Slurm job {array} (logs in {run_dir / '.slurm' / (array + '_*')}); "
-             f"follow with: python -m identity_study.sweep status {table} --profile {profile} --runs-dir {run_dir}")
+             f"follow with: python -m identity_study.sweep {follow} --runs-dir {run_dir}")
     if not wait:
         for (_, job, info), sjob in zip(submit, jobs):
             rows[job["run_id"]] = dict(info, action="submitted", status=read_status(run_dir / job["run_id"]) or
@@ -362,11 +377,11 @@ def slurm_sweep(table: str, profile: str = "smoke", seeds=1, run_dir="runs", dat
     return _frame(todo, rows)
 
 
-def _slurm_executor(opts, part, run_dir, table):
+def _slurm_executor(opts, part, run_dir, name):
     executor = submitit.SlurmExecutor(folder=run_dir / ".slurm" / "%j", max_num_timeout=opts["max_timeouts"])
     params = dict(partition=part["name"], time=opts["timeout_min"], nodes=opts["nodes"],
                   ntasks_per_node=opts["tasks_per_node"], cpus_per_task=opts["cpus_per_run"],
-                  job_name=f"identity-study-{table}", setup=[f"module load {m}" for m in opts["modules"]]
+                  job_name=f"identity-study-{name}", setup=[f"module load {m}" for m in opts["modules"]]
                   + list(opts["setup"]))
     if opts.get("max_parallel"):
         params["array_parallelism"] = opts["max_parallel"]
