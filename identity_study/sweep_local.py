@@ -160,6 +160,8 @@ def _machine(job) -> dict:
     from identity_study.protocol import this_machine
     device = job["params"].get("device") or "cpu"
     try:
-        return this_machine("cpu" if device == "auto" else device)
+        machine = this_machine("cpu" if device == "auto" else device)
     except Exception as e:          # a device this process cannot query (a GPU not visible here): said, not fatal
         return dict(machine_error=str(e)[:200])
+    machine.pop("hostname")         # note_attempt records it itself
+    return machine
