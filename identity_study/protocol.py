@@ -44,7 +44,8 @@ def load_protocol(path=None, repo=None) -> dict:
 # %% auto #0
 __all__ = ['PROTOCOL_PATH', 'MAX_SEEDS', 'MACHINE_KEYS', 'ProtocolError', 'checkout', 'load_protocol', 'planned_seeds',
            'configuration_entry', 'configuration_params', 'configuration_run_ids', 'campaign_order',
-           'select_configurations', 'lane_hours', 'fit_hours', 'plan_protocol', 'started_on', 'this_machine']
+           'select_configurations', 'lane_hours', 'fit_hours', 'plan_protocol', 'started_on', 'same_machine',
+           'this_machine']
 
 # %% ../nbs/07a_protocol.ipynb #29bd3cbd
 def planned_seeds(cfg: dict) -> list[int]:
@@ -160,21 +161,44 @@ def plan_protocol(runs_dir="runs", protocol: dict | None = None, claims=None, co
                              lane_hours=hours))
     return todo
 
-# %% ../nbs/07a_protocol.ipynb #a4961573
-MACHINE_KEYS = ("hostname", "device_name", "cpu_capability")
+# %% ../nbs/07a_protocol.ipynb #a5b31717
+MACHINE_KEYS = ("hostname", "machine_id", "device_name", "cpu_capability")
+
+
+def _machine_id() -> str | None:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError:
+            continue
+    return None
 
 
 def started_on(run_path) -> dict | None:
-    "The machine that started the run in `run_path` (MACHINE_KEYS of its params.json), None without a record."
+    "The machine that first started the run in `run_path`: its first noted start, else its params.json; None if neither."
+    run_path = Path(run_path)
     try:
-        params = json.loads((Path(run_path) / "params.json").read_text())
+        first = json.loads((run_path / "scheduler.json").read_text())["attempts"][0]
+        if "device_name" in first:
+            return {k: first.get(k) for k in MACHINE_KEYS}
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    try:
+        params = json.loads((run_path / "params.json").read_text())
     except (OSError, ValueError):
         return None
     return {k: params.get(k) for k in MACHINE_KEYS}
+
+
+def same_machine(there: dict | None, here: dict) -> bool:
+    "Whether a run started `there` may resume `here`: every key both know agrees (a key one of them lacks is not asked)."
+    return there is not None and all(there[k] == here[k] for k in MACHINE_KEYS
+                                     if there.get(k) is not None and here.get(k) is not None)
 
 
 def this_machine(device: str = "cpu") -> dict:
     "MACHINE_KEYS of this machine, as a run started here on `device` would record them."
     from identity_study.data import device_kind      # torch's view of the device; imported on use
     kind = device_kind(device)
-    return dict(hostname=platform.node(), device_name=kind["device_name"], cpu_capability=kind["cpu_capability"])
+    return dict(hostname=platform.node(), machine_id=_machine_id(), device_name=kind["device_name"],
+                cpu_capability=kind["cpu_capability"])

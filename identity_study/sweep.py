@@ -19,7 +19,7 @@ from .experiments import TABLES, configs
 from .params import PROFILES
 from .sweep_checks import SlurmError, check_slurm, node_local
 from .sweep_local import check_jobs, pool_defaults, run_plan, sweep
-from .protocol import fit_hours, load_protocol, plan_protocol, started_on, this_machine
+from .protocol import fit_hours, load_protocol, plan_protocol, same_machine, started_on, this_machine
 from .records import EXECUTION_PARAMS, TERMINAL_STATUSES, read_status
 from .sweep_plan import Claim, log_to_terminal, plan_table, run_notebook, train_notebook
 from .sweep_slurm import (LIVE_STATES, SLURM_OPTIONS, RunFailedError, SlurmRun, follow_jobs, job_outcome,
@@ -251,7 +251,7 @@ def protocol_states(todo: list, run_dir, protocol: dict, device: str = "cpu") ->
         elif status == "interrupted":
             here = here or this_machine(device)
             there = started_on(path)
-            runnable = there == here
+            runnable = same_machine(there, here)
             state = "interrupted: resumes here" if runnable else (
                 f"interrupted on {there['device_name']} ({there['hostname']}): resumes only there")
         elif status is None:
