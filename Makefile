@@ -7,7 +7,7 @@ export IDENTITY_STUDY_DATA ?= $(abspath $(DATA))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup data main test check-export lint nbtest pytest lab clean-venv system chapters check-chapters html \
-	test-browser test-slurm
+	test-browser test-slurm findings
 
 # a virtual environment with the pinned versions of settings.ini (and constraints.txt for everything they pull in)
 .venv/.installed: settings.ini setup.py constraints.txt
@@ -57,6 +57,15 @@ system:
 chapters: export OMP_NUM_THREADS := 1
 chapters: setup data system
 	$(PY) scripts/chapters.py $(ONLY)
+
+# the findings from scratch: every missing run of the protocol (two single-thread lanes by default; JOBS=N, and
+# SWEEP_FLAGS="--max-hours 3" for a slice), then chapter 10 re-executed and the README's verdicts rewritten from it
+JOBS ?= 2
+findings: export OMP_NUM_THREADS := 1
+findings: setup data system
+	$(PY) -m identity_study.sweep run protocol --jobs $(JOBS) --device cpu $(SWEEP_FLAGS)
+	$(PY) scripts/chapters.py 10_mini_reproduction
+	$(PY) scripts/readme_results.py
 
 # every chapter shows the outputs of the current code: none missing, none older than the code, no machine paths
 check-chapters:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -317,9 +318,12 @@ def curves_caption(data: pd.DataFrame, profile: str | None = None) -> str:
     iterations = _joined(float(v) for s in info.iterations for v in s.split(" and ") if v)
     precision = _joined(v for s in info.precision for v in s.split(" and "))
     seeds = f"{info.seeds.min()}" if info.seeds.min() == info.seeds.max() else f"{info.seeds.min()}–{info.seeds.max()}"
+    numbers = sorted({int(m.group(1)) for r in (data.run_id.unique() if "run_id" in data else [])
+                      if (m := re.search(r"-s(\d+)-[0-9a-f]{8}$", str(r)))})
     parts = [f"profile '{profile}'" if profile else "", f"{iterations} iterations", precision,
-             f"{seeds} seed{'s' if info.seeds.max() != 1 else ''} a series, median with the range of the seeds as "
-             f"a band"]
+             f"{seeds} seed{'s' if info.seeds.max() != 1 else ''} a series"
+             + (f" (seed{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})" if numbers else "")
+             + ", median with the range of the seeds as a band"]
     return ", ".join(p for p in parts if p)
 
 # %% ../nbs/09_figures.ipynb #ef703d27

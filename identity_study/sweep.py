@@ -69,6 +69,8 @@ def _selection() -> argparse.ArgumentParser:
     ap.add_argument("--configurations", action="append", default=[], metavar="NAMES",
                     help="protocol: the runs of these configurations only (semicolon-separated names of "
                          "protocol/claims.toml)")
+    ap.add_argument("--protocol", default=None, metavar="FILE",
+                    help="protocol: the protocol file (default: protocol/claims.toml of this checkout)")
     ap.add_argument("--max-hours", type=float, default=None, metavar="H",
                     help="protocol: only the missing runs that fit H hours on the lanes (--jobs), by their measured "
                          "lane-hours, in the campaign's order; the rest waits for the next invocation")
@@ -230,7 +232,7 @@ def _protocol_selection(args):
     if computing:
         raise ValueError(f"--set {computing[0]} would change what the protocol's runs compute (and their run ids); "
                          f"only execution parameters may be set: {', '.join(sorted(EXECUTION_PARAMS))}")
-    protocol = load_protocol()
+    protocol = load_protocol(args.protocol)
     claims = [c.strip() for item in args.claims for c in item.split(",") if c.strip()]
     configurations = [c.strip() for item in args.configurations for c in item.split(";") if c.strip()]
     return protocol, claims, configurations, overrides

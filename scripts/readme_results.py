@@ -1,5 +1,6 @@
-"""The README's "What we found", written from what chapter 10 computed — its sentences (figures/findings.md) and its
-table of verdicts (figures/findings.csv) — so that the README can never claim more than the verdict column says.
+"""The README's "What we found", written from what chapter 10 computed — its one-page summary (figures/summary.md),
+its sentences (figures/findings.md) and its table of verdicts (figures/findings.csv) — so that the README can never
+claim more than the verdict column says.
 
   .venv/bin/python scripts/readme_results.py           # rewrite the block between the markers in README.md
   .venv/bin/python scripts/readme_results.py --check   # fail if README.md and chapter 10's files disagree
@@ -17,16 +18,22 @@ BEGIN, END = "<!-- verdicts:begin (scripts/readme_results.py) -->", "<!-- verdic
 
 
 def _cell(value) -> str:
-    return "" if pd.isna(value) else str(value).replace("|", "\\|")
+    return "" if pd.isna(value) else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def block(claims: pd.DataFrame, sentences: str) -> str:
-    lines = [BEGIN, "", sentences.strip(), "",
-             "| claim | the paper | the study: a − b [interval], seeds | agrees | verdict | collapsed (a, b) |",
-             "|---|---|---|---|---|---|"]
+def block(claims: pd.DataFrame, sentences: str, summary: str) -> str:
+    lines = [BEGIN, "", "### The study on one page", "", summary.strip(), "", "### The verdicts", "",
+             sentences.strip(), "",
+             "| claim (the paper's words) | tested here, at | the paper | a: mean ± SD (seeds) | b: mean ± SD (seeds) "
+             "| a − b [interval at the Holm level] | p (Holm p) | agrees | verdict | note | collapsed (a, b) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in claims.itertuples():
-        lines.append(f"| {_cell(r.id)}. {_cell(r.paper_claim)} | {_cell(r.paper)} | {_cell(r.study)} | "
-                     f"{_cell(r.agrees)} | {_cell(r.verdict)} | {_cell(r.collapsed)} |")
+        tested = f"{_cell(r.tested_here)} ({_cell(r.scale)})" if _cell(r.scale) else _cell(r.tested_here)
+        interval = f"{_cell(r.study)} ({_cell(r.holm_interval)})" if _cell(r.holm_interval) else _cell(r.study)
+        p = f"{_cell(r.p_text)} ({_cell(r.p_holm_text)})" if _cell(r.p_text) else ""
+        lines.append(f"| {_cell(r.id)}. {_cell(r.paper_claim)} | {tested} | {_cell(r.paper)} | {_cell(r.a_side)} | "
+                     f"{_cell(r.b_side)} | {interval} | {p} | {_cell(r.agrees)} | {_cell(r.verdict)} | "
+                     f"{_cell(r.note)} | {_cell(r.collapsed)} |")
     lines += ["", END]
     return "\n".join(lines)
 
@@ -36,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--claims", type=Path, default=ROOT / "figures" / "findings.csv")
     ap.add_argument("--sentences", type=Path, default=ROOT / "figures" / "findings.md")
+    ap.add_argument("--summary", type=Path, default=ROOT / "figures" / "summary.md")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = ap.parse_args(argv)
     text = args.readme.read_text()
@@ -43,7 +51,8 @@ def main(argv=None):
         sys.exit(f"{args.readme}: no verdict block ({BEGIN} ... {END})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    new = head + block(pd.read_csv(args.claims, dtype=str), args.sentences.read_text()) + tail
+    new = head + block(pd.read_csv(args.claims, dtype=str, keep_default_na=False), args.sentences.read_text(),
+                       args.summary.read_text()) + tail
     if args.check:
         if new != text:
             sys.exit(f"{args.readme}'s \"What we found\" differs from {args.claims.name} and {args.sentences.name}: "

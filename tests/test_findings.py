@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from identity_study.findings import (VERDICTS, Record, claim_test, configuration_run_ids, counted_runs, findings,
-                                     gather_runs, holm, judge_claims, load_protocol, protocol_commit, verdict)
+from identity_study.findings import (VERDICTS, Record, amendment_commit, claim_test, configuration_run_ids,
+                                     counted_runs, familywise_bound, findings, gather_runs, holm, holm_levels,
+                                     judge_claims, load_protocol, machine_check, protocol_commit, verdict,
+                                     within_seed_correlation)
 from identity_study.records import code_fingerprint
 
 stats = pytest.importorskip("scipy.stats")
@@ -154,7 +156,7 @@ def test_records_that_may_not_count_are_left_out_with_their_reason(tmp_path):
     write_record(tmp_path / other, 60.0, [1.5] * 10)
     _, configs = findings(tmp_path, proto, repo=ROOT)
     not_used = configs.set_index("configuration").not_used
-    assert not_used["scaled"] == "1 bf16" and not_used["identity"] == "1 beyond the planned seeds"
+    assert not_used["scaled"] == "1 bf16" and not_used["identity"] == "1 not a planned seed"
 
 
 def test_other_code_and_older_commits_do_not_count_unless_waived(tmp_path):
@@ -205,7 +207,7 @@ def test_campaign_runs_must_follow_amendment_1_and_pilot_runs_count_by_name(tmp_
 
 def test_counted_runs_are_the_runs_findings_counts_with_their_collapses(tmp_path):
     proto = protocol(seeds=2)
-    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 79.0], "identity": [60.0, 61.0]})   # scaled's seed 2: beyond
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 79.0], "identity": [60.0, 61.0]})   # scaled's seed 2: not planned
     fill(tmp_path, proto, {"identity": [59.0]}, precision="bf16")
     collapsed = Record.read(tmp_path / configuration_run_ids(proto["configurations"]["scaled"], [1])[0])
     (collapsed.path / "metrics.csv").write_text("iteration,train_loss\n900,2.30\n")
@@ -218,3 +220,79 @@ def test_counted_runs_are_the_runs_findings_counts_with_their_collapses(tmp_path
     _, configs = judge_claims(gathered, proto)
     assert list(configs.collapsed) == [1, 0] and list(configs.seeds) == [2, 2]
     assert findings(tmp_path, proto, repo=ROOT)[1].equals(configs)      # the one-call form judges the same runs
+
+
+# --- amendment 2: what counts, and what every verdict shows ------------------------------------------------------
+def test_amendment_2_refuses_dirty_trees_withdraws_the_waiver_and_dates_its_own_seeds(tmp_path):
+    old_code = {"units": "000000000000", "models": "0", "data": "0", "train": "0"}
+    first = subprocess.run(["git", "-C", str(ROOT), "rev-list", "--max-parents=0", "HEAD"], capture_output=True,
+                           text=True).stdout.split()[0]
+    amended_1 = amendment_commit(str(ROOT))           # after amendment 1, before amendment 2
+    proto = protocol(seeds=[0, 1], waived=[old_code])
+    proto["amendments"] = {"1": dict(pilot_runs=[]), "2": dict(planned={"scaled": [1]})}
+    fill(tmp_path / "dirty", proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, git_dirty=True)
+    fill(tmp_path / "waived", proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, code=old_code,
+         git_commit=first)
+    fill(tmp_path / "between", proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, git_commit=amended_1)
+    reasons = {name: findings(tmp_path / name, proto, repo=ROOT)[1].set_index("configuration").not_used.to_dict()
+               for name in ("dirty", "waived", "between")}
+    assert reasons["dirty"] == {"scaled": "2 from a dirty tree", "identity": "2 from a dirty tree"}
+    assert reasons["waived"] == {"scaled": "2 made before the protocol", "identity": "2 made before the protocol"}
+    # seed 1 of "scaled" is amendment 2's: made at amendment 1's commit it does not count; everything else does
+    assert reasons["between"] == {"scaled": "1 made before amendment 2", "identity": ""}
+
+
+def test_every_verdict_carries_its_scale_spread_and_holm_level(tmp_path):
+    proto = protocol(seeds=3)
+    fill(tmp_path, proto, {"scaled": [80.0, 82.0, 81.0], "identity": [60.0, 61.0, 59.5]})
+    claims, _ = findings(tmp_path, proto, repo=ROOT)
+    w = claims.set_index("id").loc["w"]
+    assert w.scale == "mini: 900 iterations (1.15 epochs), width 8" and w.epochs == 1.15
+    assert w.sd_a == pytest.approx(np.std([80.0, 82.0, 81.0], ddof=1))
+    levels = holm_levels(claims.set_index("id").loc[["w", "s"]].p, 0.05)
+    assert w.holm_level == pytest.approx(levels[0])
+    assert claims.set_index("id").loc[["w", "s"]].holm_level.min() == pytest.approx(0.025)   # m = 2
+    # the interval at the Holm level is the wider one, and it is Welch's at that level
+    ref = stats.ttest_ind([80.0, 82.0, 81.0], [60.0, 61.0, 59.5], equal_var=False).confidence_interval(
+        1 - w.holm_level)
+    assert (w.ci_holm_low, w.ci_holm_high) == pytest.approx((ref.low, ref.high), rel=1e-8)
+    assert w.ci_holm_low <= w.ci_low and not w.leans_against
+
+
+def test_holm_levels_step_down():
+    assert np.allclose(holm_levels([0.01, 0.04, 0.03], 0.05), [0.05 / 3, 0.05, 0.05 / 2])
+    assert np.allclose(holm_levels([0.2, np.nan], 0.05), [0.05, np.nan], equal_nan=True)
+
+
+def test_a_complete_claim_pointing_the_other_way_leans_against_the_paper(tmp_path):
+    proto = protocol(seeds=3)
+    fill(tmp_path, proto, {"scaled": [60.0, 66.0, 57.0], "identity": [61.0, 62.0, 63.0]})
+    w = findings(tmp_path, proto, repo=ROOT)[0].set_index("id").loc["w"]
+    assert w.difference < 0 and w.verdict == "inconclusive" and w.agrees == "no" and w.leans_against
+
+
+def test_the_machine_is_checked_as_a_covariate_and_said_when_it_cannot_be(tmp_path):
+    proto = protocol(seeds=4)
+    xeon, epyc = dict(device_name="Intel(R) Xeon(R) Processor"), dict(device_name="AMD EPYC 7B13")
+    for name, values in {"scaled": [80.0, 82.0, 81.0, 79.0], "identity": [60.0, 61.0, 59.5, 62.0]}.items():
+        ids = configuration_run_ids(proto["configurations"][name], range(4))
+        for seed, (run_id, e) in enumerate(zip(ids, values)):
+            machine = (xeon if seed % 2 else epyc) if name == "scaled" else (xeon if seed < 2 else epyc)
+            write_record(tmp_path / "mixed" / run_id, e, [2.0] * 9 + [1.5], seed=seed, **machine)
+            write_record(tmp_path / "aliased" / run_id, e, [2.0] * 9 + [1.5], seed=seed,
+                         **(xeon if name == "scaled" else epyc))
+    for folder, covariate in (("mixed", "estimated"), ("aliased", "not separable")):
+        gathered = gather_runs(tmp_path / folder, proto, repo=ROOT)
+        claims, _ = judge_claims(gathered, proto)
+        check = machine_check(gathered, proto, claims).set_index("id")
+        assert check.loc["w", "covariate"] == covariate
+        assert check.loc["w", "machines_a"] in ("EPYC 2, Xeon 2", "Xeon 2, EPYC 2", "Xeon 4")
+    assert check.loc["w", "machine_sensitive"] is False or not check.loc["w", "machine_sensitive"]
+    mixed = gather_runs(tmp_path / "mixed", proto, repo=ROOT)
+    claims, _ = judge_claims(mixed, proto)
+    w = machine_check(mixed, proto, claims).set_index("id").loc["w"]
+    assert w.difference_adjusted > 15 and w.p_adjusted < 1e-3 and "EPYC" in w.within and "Xeon" in w.within
+    corr = within_seed_correlation(mixed, proto, claims).set_index("id").loc["w"]
+    expect = np.corrcoef([80.0, 82.0, 81.0, 79.0], [60.0, 61.0, 59.5, 62.0])[0, 1]
+    assert corr.common_seeds == 4 and corr.correlation == pytest.approx(expect)
+    assert familywise_bound(claims, proto) == dict(families=["f"], alpha=0.05, bound=0.05)
