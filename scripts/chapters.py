@@ -40,7 +40,8 @@ def chapters() -> list[Path]:
 # and the HTML edition follow this order, and tests/test_parts.py holds them to it.
 PARTS = {
     "Part I — The science": ["00_propagation", "01_units", "02_models", "07_experiments", "10_mini_reproduction"],
-    "Part II — The machinery": ["03_data", "04_records", "05_params", "06_train", "07a_protocol", "08_sweep", "08a_sweep_plan",
+    "Part II — The machinery": ["03_data", "04_records", "05_params", "06_train", "07a_protocol", "08_sweep",
+                                "08a_sweep_plan",
                                 "08b_sweep_local", "08c_sweep_checks", "08d_sweep_slurm", "08e_sweep_status",
                                 "09_figures", "09a_findings", "11_diagrams"],
 }

@@ -192,7 +192,8 @@ def test_seeds_pilot_and_campaign():
     used = {c[s] for c in TESTED for s in "ab"}
     assert used == set(CONFIGS), sorted(set(CONFIGS) ^ used)
     for run in PROTOCOL["pilot"]["runs"]:
-        assert run["configuration"] in CONFIGS and set(run["seeds"]) <= set(planned_seeds(CONFIGS[run["configuration"]]))
+        assert run["configuration"] in CONFIGS
+        assert set(run["seeds"]) <= set(planned_seeds(CONFIGS[run["configuration"]]))
     assert 1.5 <= PROTOCOL["pilot"]["lane_hours"] <= 3
     phases = PROTOCOL["campaign"]["order"]
     assert [p["phase"] for p in phases] == sorted(p["phase"] for p in phases)
