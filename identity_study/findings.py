@@ -28,7 +28,7 @@ CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol confi
 __all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
            'descends_from', 'Judge', 'welch', 'claim_test', 'holm', 'holm_levels', 'verdict', 'configuration_runs',
            'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of', 'machine_check',
-           'within_seed_correlation', 'familywise_bound']
+           'within_seed_correlation', 'familywise_bound', 'series_contrasts']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_scale(cfg: dict) -> dict:
@@ -313,12 +313,14 @@ def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFr
     and one per configuration (its seeds, collapses and the runs it did not use)."""
     alpha, num_classes = protocol["protocol"]["alpha"], protocol["protocol"]["num_classes"]
     post_hoc = {cid for fam in protocol["families"].values() if fam.get("post_hoc") for cid in fam["claims"]}
+    series = {cid for fam in protocol["families"].values() if fam.get("series") for cid in fam["claims"]}
     rows, samples = [], {}
     for claim in protocol["claims"]:
         row = dict(id=claim["id"], paper_claim=claim["paper_claim"], paper=claim["paper"],
                    tested_here=claim.get("tested_here", ""), family=claim.get("family", ""),
                    metric=claim.get("metric", ""), direction=claim.get("direction", ""),
-                   margin=claim.get("margin"), post_hoc=claim["id"] in post_hoc, p=math.nan, verdict="", why="")
+                   margin=claim.get("margin"), post_hoc=claim["id"] in post_hoc, series=claim["id"] in series,
+                   p=math.nan, verdict="", why="")
         if claim["status"] != "tested":
             row.update(verdict="not testable at this scale", why=claim["reason"],
                        gpu_hours=claim.get("gpu_hours"), gpu_commands=claim.get("gpu_commands", []))
@@ -363,7 +365,7 @@ def judge_claims(configs: dict, protocol: dict) -> tuple[pd.DataFrame, pd.DataFr
     table.loc[tested, "verdict"] = [
         verdict(r.direction, r._asdict(), r.p_holm, alpha) for r in table[tested].itertuples(index=False)]
     sign = np.sign(table.difference) * table.direction.map({"worse": 1, "better": -1})
-    same = table.difference.abs() < table.margin
+    same = table.difference.abs() < pd.to_numeric(table.margin, errors="coerce")
     table["agrees"] = np.where(table.difference.isna(), None,
                                np.where(table.direction == "same", np.where(same, "yes", "no"),
                                         np.where(sign > 0, "yes", "no")))
@@ -476,3 +478,60 @@ def familywise_bound(table: pd.DataFrame, protocol: dict) -> dict:
     counted = [name for name, fam in protocol["families"].items() if not fam.get("post_hoc")
                and table[table.id.isin(fam["claims"])].difference.notna().any()]
     return dict(families=counted, alpha=alpha, bound=min(1.0, len(counted) * alpha))
+
+
+def _welch_sum(groups, signs) -> tuple[float, float, float]:
+    "sum(sign * mean) over independent groups, its standard error and Welch-Satterthwaite degrees of freedom."
+    parts = [np.var(g, ddof=1) / len(g) for g in groups]
+    estimate = float(sum(s * np.mean(g) for s, g in zip(signs, groups)))
+    se = math.sqrt(sum(parts))
+    dof = sum(parts) ** 2 / sum(p ** 2 / (len(g) - 1) for p, g in zip(parts, groups)) if se > 0 else math.inf
+    return estimate, se, dof
+
+
+def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """The training-length series (amendment 3): per claim of a `series` family, the difference at its own scale and
+    at the scale of the claim it repeats (`scale_of`), their change c = d(long) - d(short) with Welch-Satterthwaite's
+    t over the four groups, Holm over the family, c's interval at its Holm level, and the outcome by the protocol's
+    words: flips sign, shrinks toward the paper, grows, or holds its size (pending while runs are missing)."""
+    alpha, num_classes = protocol["protocol"]["alpha"], protocol["protocol"]["num_classes"]
+    rows = []
+    for name, fam in protocol["families"].items():
+        if not fam.get("series"):
+            continue
+        for cid in fam["claims"]:
+            claim = next(c for c in protocol["claims"] if c["id"] == cid)
+            long = [configs[claim[s]] for s in "ab"]
+            short = [configs[protocol["configurations"][claim[s]]["short"]] for s in "ab"]
+            row = dict(id=cid, family=name, scale_of=claim.get("scale_of"), direction=claim["direction"],
+                       d_long=math.nan, d_short=math.nan, change=math.nan, p=1.0, outcome="pending")
+            if all(len(c["used"]) >= max(2, c["planned"]) for c in long + short):
+                groups = [[r.metric(claim["metric"], num_classes) for r in c["used"]] for c in long + short]
+                change, se, dof = _welch_sum(groups, (1, -1, -1, 1))
+                row.update(d_long=float(np.mean(groups[0]) - np.mean(groups[1])),
+                           d_short=float(np.mean(groups[2]) - np.mean(groups[3])), change=change, se=se, dof=dof,
+                           p=1.0 if se == 0 else min(1.0, 2 * _above(abs(change) / se, dof)))
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if not len(out):
+        return out
+    out["p_holm"] = holm(out.p.to_numpy())
+    out["holm_level"] = holm_levels(out.p.to_numpy(), alpha)
+    verdicts = table.set_index("id").verdict
+    for i, r in out.iterrows():
+        if r.outcome != "pending" or pd.isna(r.change):
+            continue
+        half = float(_student_t().ppf(1 - r.holm_level / 2, r.dof)) * r.se if r.se > 0 else 0.0
+        low, high = r.change - half, r.change + half
+        out.loc[i, ["change_low", "change_high"]] = low, high
+        toward_zero = -np.sign(r.d_short)           # a shrinking difference moves toward zero
+        if verdicts.get(r.id) == "contradicted":
+            outcome = "flips sign"
+        elif np.sign(low) == np.sign(high) == toward_zero:
+            outcome = "shrinks toward the paper"
+        elif np.sign(low) == np.sign(high) == -toward_zero:
+            outcome = "grows"
+        else:
+            outcome = "holds its size"
+        out.loc[i, "outcome"] = outcome
+    return out

@@ -50,6 +50,9 @@ PROFILES = {
     # and its steps at 60 % and 80 % of the run, long enough for each phase of the schedule to mean something
     "cpu2k": {"cifar": dict(iterations=2_000, batch_size=64, width=8, warmup_iterations=400, lr_steps=(1_200, 1_600),
                             eval_every=100, eval_subset=1_000)},
+    # the protocol's training-length series (amendment 3): cpu2k four times as long, the same warm-up and lr rule
+    "cpu8k": {"cifar": dict(iterations=8_000, batch_size=64, width=8, warmup_iterations=400, lr_steps=(4_800, 6_400),
+                            eval_every=200, eval_subset=1_000)},
     "smoke": {"cifar": dict(iterations=8, batch_size=16, eval_every=4, train_subset=512, eval_subset=128,
                             final_eval_subset=128),
               "imagenet": dict(iterations=4, batch_size=8, crop=56, eval_every=2, eval_subset=32,
@@ -130,7 +133,7 @@ PARAMETERS = [
     Param("seed", "run", "whole", 0, "initial weights, data order and augmentation"),
     Param("recipe", "run", "choice", None, "paper, official or imagenet; None: the data set family's",
           _names(RECIPES)),
-    Param("profile", "run", "choice", "paper", "paper, mini, cpu2k or smoke: the recipe at another scale",
+    Param("profile", "run", "choice", "paper", "paper, mini, cpu2k, cpu8k or smoke: the recipe at another scale",
           _names(PROFILES)),
     Param("plugins", "run", "modules", None, "modules to import first: they register units (chapter 1)"),
     # optimisation (None: from the profile, else the recipe)

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/protocol_pilot.py                 # amendment 1's numbers
     .venv/bin/python scripts/protocol_pilot.py --amendment 2   # amendment 2's: claim 11's power, the new claims
+    .venv/bin/python scripts/protocol_pilot.py --amendment 3   # amendment 3's: seeds of the training-length series
 
 Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-3) and the committed mini
 records, and prints: the pilot's means and seed SDs of the three metrics, the ratio r that scales the mini records'
@@ -102,9 +103,47 @@ def amendment_2():
                       f"{welch_power(delta, pooled, n_a, n_b, level, rng):.2f}")
 
 
+def amendment_3():
+    """The training-length series (cpu8k): for each of its three contrasts, the power of the claim's Welch test at the
+    family's first Holm level for 4..10 seeds a side, if the cpu2k difference and seed SDs held at 8,000 iterations
+    ('staying'), and the power of the series contrast d(cpu8k) - d(cpu2k) to see the difference shrink to a quarter
+    of its cpu2k size ('shrinking'); the seeds are the smallest number giving 0.8 for the claim, within 4..10."""
+    from identity_study.findings import gather_runs
+    proto = load_protocol(repo=ROOT)
+    alpha, family = proto["protocol"]["alpha"], proto["families"]["length_110"]
+    level = alpha / len(family["claims"])
+    gathered = gather_runs(RUNS, proto, repo=ROOT)
+    rng = np.random.default_rng(3)
+    for cid in family["claims"]:
+        c = next(c for c in proto["claims"] if c["id"] == cid)
+        short = {side: proto["configurations"][c[side]]["short"] for side in "ab"}
+        va = np.array([r.metric(c["metric"]) for r in gathered[short["a"]]["used"]])
+        vb = np.array([r.metric(c["metric"]) for r in gathered[short["b"]]["used"]])
+        d, sa, sb = va.mean() - vb.mean(), va.std(ddof=1), vb.std(ddof=1)
+        staying, shrinking = {}, {}
+        for n in range(4, 11):
+            a = rng.normal(d, sa, (DRAWS, n))
+            b = rng.normal(0.0, sb, (DRAWS, n))
+            staying[n] = float((stats.ttest_ind(a, b, axis=1, equal_var=False).pvalue < level).mean())
+            # the contrast: the cpu2k sides as measured, the cpu8k difference a quarter of it
+            a8, b8 = rng.normal(d / 4, sa, (DRAWS, n)), rng.normal(0.0, sb, (DRAWS, n))
+            a2, b2 = rng.normal(d, sa, (DRAWS, len(va))), rng.normal(0.0, sb, (DRAWS, len(vb)))
+            parts = [x.var(axis=1, ddof=1) / x.shape[1] for x in (a8, b8, a2, b2)]
+            se = np.sqrt(sum(parts))
+            dof = sum(parts) ** 2 / sum(p ** 2 / (x.shape[1] - 1) for p, x in zip(parts, (a8, b8, a2, b2)))
+            t = ((a8.mean(1) - b8.mean(1)) - (a2.mean(1) - b2.mean(1))) / se
+            shrinking[n] = float((2 * stats.t.sf(np.abs(t), dof) < level).mean())
+        n = next((n for n, p in staying.items() if p >= POWER), 10)
+        print(f"{cid}: cpu2k {short['a']} - {short['b']} = {d:+.3f} (SD {sa:.3f} v {sb:.3f}, {len(va)} v {len(vb)}); "
+              f"level {level:.4f}; power 'staying' at 4..10 seeds: {' '.join(f'{p:.2f}' for p in staying.values())}; "
+              f"'shrinking to a quarter': {' '.join(f'{p:.2f}' for p in shrinking.values())} -> {n} seeds")
+
+
 def main():
     if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "2":
         return amendment_2()
+    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "3":
+        return amendment_3()
     proto = load_protocol(repo=ROOT)
     configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
     lo, hi = 3, 10

@@ -11,7 +11,8 @@ import pytest
 
 from identity_study.findings import (VERDICTS, Record, amendment_commit, claim_test, configuration_run_ids,
                                      counted_runs, familywise_bound, findings, gather_runs, holm, holm_levels,
-                                     judge_claims, load_protocol, machine_check, protocol_commit, verdict,
+                                     judge_claims, load_protocol, machine_check, protocol_commit, series_contrasts,
+                                     verdict,
                                      within_seed_correlation)
 from identity_study.records import code_fingerprint
 
@@ -296,3 +297,24 @@ def test_the_machine_is_checked_as_a_covariate_and_said_when_it_cannot_be(tmp_pa
     expect = np.corrcoef([80.0, 82.0, 81.0, 79.0], [60.0, 61.0, 59.5, 62.0])[0, 1]
     assert corr.common_seeds == 4 and corr.correlation == pytest.approx(expect)
     assert familywise_bound(claims, proto) == dict(families=["f"], alpha=0.05, bound=0.05)
+
+
+@pytest.mark.parametrize("long_gap, outcome", [(5.0, "shrinks toward the paper"), (40.0, "grows"),
+                                               (20.5, "holds its size"), (-15.0, "flips sign")])
+def test_the_training_length_series_says_how_a_difference_moves(tmp_path, long_gap, outcome):
+    proto = protocol(seeds=4)
+    configs = proto["configurations"]
+    for name in ("scaled", "identity"):
+        configs[f"{name} long"] = dict(configs[name], overrides=dict(iterations=1800), short=name)
+    proto["families"] = {"f": dict(claims=["w"]), "L": dict(claims=["w long"], series=True)}
+    proto["claims"] = [dict(proto["claims"][0]),
+                       dict(proto["claims"][0], id="w long", a="scaled long", b="identity long", family="L")]
+    noise = [0.0, 0.4, -0.3, -0.1]         # mean 0
+    fill(tmp_path, proto, {"scaled": [80 + e for e in noise], "identity": [60 - e for e in noise],
+                           "scaled long": [50 + long_gap + e for e in noise], "identity long": [50 - e for e in noise]})
+    gathered = gather_runs(tmp_path, proto, repo=ROOT)
+    claims, _ = judge_claims(gathered, proto)
+    assert claims.set_index("id").series.to_dict() == {"w": False, "w long": True}
+    row = series_contrasts(gathered, proto, claims).set_index("id").loc["w long"]
+    assert row.d_short == pytest.approx(20.0) and row.d_long == pytest.approx(long_gap)
+    assert row.change == pytest.approx(long_gap - 20.0) and row.outcome == outcome

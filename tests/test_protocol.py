@@ -49,11 +49,11 @@ def schedule(cfg: dict) -> dict:
 
 
 def test_the_claims_of_chapter_10():
-    "The 34 claims of the protocol and the 7 that amendment 2 added, each judged by chapter 10."
+    "The 34 claims of the protocol, the 7 that amendment 2 added and the 3 of amendment 3's series, each judged."
     ids = [c["id"] for c in CLAIMS]
     original = [c["id"] for c in CLAIMS if "added_by" not in c]
-    assert len(ids) == len(set(ids)) == 41 and len(original) == 34
-    assert all(c["added_by"].startswith("amendment 2") for c in CLAIMS if "added_by" in c)
+    assert len(ids) == len(set(ids)) == 44 and len(original) == 34
+    assert all(c["added_by"].startswith(("amendment 2", "amendment 3")) for c in CLAIMS if "added_by" in c)
     for table, expected in (("findings.csv", ids), ("first_epoch_mini.csv", original)):   # verdicts, first epoch
         with open(ROOT / "figures" / table, newline="") as f:
             assert set(expected) == {row["id"] for row in csv.DictReader(f)}, table
@@ -132,12 +132,13 @@ def test_every_configuration_is_an_entry_of_the_tables():
         e = entry(cfg)
         assert len(planned_seeds(cfg)) >= 2 and cfg["lane_hours"] > 0, key
         assert all(0 <= seed < 10 for seed in planned_seeds(cfg)), key
-        assert cfg["profile"] in ("mini", NAME), key
+        assert cfg["profile"] in ("mini", *PROFILE), key
         if cfg["profile"] == "mini":
             assert "mini" in e.profiles
         else:
-            assert e.params["dataset"].startswith("cifar") and e.params["depth"] in CPU["depths"]
-            assert e.params["depth"] not in CPU["excluded_depths"]
+            own = PROFILE[cfg["profile"]]
+            assert e.params["dataset"].startswith("cifar") and e.params["depth"] in own["depths"]
+            assert e.params["depth"] not in own.get("excluded_depths", []) and cfg["profile"] in e.profiles
         if "schedule_from" in cfg:
             sched = getattr(experiments, cfg["schedule_from"])
             assert isinstance(sched, dict) and {"iterations", "lr_steps", "warmup_iterations"} <= set(sched)
@@ -197,7 +198,7 @@ def test_seeds_pilot_and_campaign():
     assert 1.5 <= PROTOCOL["pilot"]["lane_hours"] <= 3
     phases = PROTOCOL["campaign"]["order"]
     assert [p["phase"] for p in phases] == sorted(p["phase"] for p in phases)
-    assert used <= {c for p in phases for c in p["configurations"]} | set(PROTOCOL["amendments"]["2"]["order"])
+    assert used <= {c for p in phases for c in p["configurations"]} | set(PROTOCOL["amendments"]["3"]["order"])
     assert all(set(p["configurations"]) <= set(CONFIGS) for p in phases)
     # the baseline shared by the most claims gets at least as many seeds as any configuration compared with it
     base = "original 110"
@@ -218,7 +219,35 @@ def test_amendment_2_fixes_what_counts_and_plans_fresh_seeds():
         assert planned_seeds(CONFIGS[name]) == [3, 4, 5, 6, 7]
     for name in ("original 1001", "preact 1001"):
         assert planned_seeds(CONFIGS[name]) == [2, 3, 4, 5]
-    added = {c["id"]: c for c in CLAIMS if "added_by" in c}
+    added = {c["id"]: c for c in CLAIMS if c.get("added_by", "").startswith("amendment 2")}
     assert {c["family"] for c in added.values()} == {"supplement_110", "posthoc"}
     assert all(c["added_by"].endswith("post hoc") == (c["family"] == "posthoc") for c in added.values())
     assert FAMILIES["posthoc"]["post_hoc"] is True and not FAMILIES["supplement_110"].get("post_hoc")
+
+
+def test_amendment_3_the_training_length_series():
+    series = PROTOCOL["profile"]["cpu8k"]["cifar"]
+    short = PROTOCOL["profile"]["cpu2k"]["cifar"]
+    # the same width, batch, warm-up and lr rule as cpu2k, four times as long
+    assert series["iterations"] == 4 * short["iterations"]
+    for key in ("width", "batch_size", "warmup_iterations", "warmup_lr", "lr", "lr_decay", "normalization"):
+        assert series[key] == short[key], key
+    assert series["lr_steps"] == [round(0.6 * series["iterations"]), round(0.8 * series["iterations"])]
+    code = PROFILES["cpu8k"]["cifar"]
+    for k, v in series.items():
+        if k in code:
+            assert (list(code[k]) if isinstance(code[k], tuple) else code[k]) == (None if v == "all" else v), k
+    family = FAMILIES["length_110"]
+    assert family["series"] is True and len(family["claims"]) == 3
+    for cid in family["claims"]:
+        claim = next(c for c in CLAIMS if c["id"] == cid)
+        repeated = next(c for c in CLAIMS if c["id"] == claim["scale_of"])
+        assert (claim["metric"], claim["direction"]) == (repeated["metric"], repeated["direction"])
+        for side in "ab":            # each cpu8k configuration names its cpu2k counterpart, the same entry
+            long, short_cfg = CONFIGS[claim[side]], CONFIGS[CONFIGS[claim[side]]["short"]]
+            assert long["profile"] == "cpu8k" and short_cfg["profile"] == "cpu2k"
+            assert short_cfg == CONFIGS[repeated[side]]
+            assert [long[k] for k in ("table", "row", "case")] == [short_cfg[k] for k in ("table", "row", "case")]
+    order = PROTOCOL["amendments"]["3"]["order"]
+    assert order[:len(PROTOCOL["amendments"]["2"]["order"])] == PROTOCOL["amendments"]["2"]["order"]
+    assert {c for c in CONFIGS if CONFIGS[c]["profile"] == "cpu8k"} <= set(order)

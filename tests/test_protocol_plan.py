@@ -95,7 +95,7 @@ def test_a_missing_data_folder_stops_the_sweep_before_any_run(tmp_path):
 
 
 def test_the_dry_run_lists_every_planned_run_with_its_state():
-    code, text = cli("run", "protocol", "--claims", "9", "--runs-dir", str(ROOT / "runs"), "--dry-run")
+    code, text = cli("run", "protocol", "--claims", "9 (110)", "--runs-dir", str(ROOT / "runs"), "--dry-run")
     assert code == 0
     lines = [line for line in text.splitlines() if line.startswith("[")]
     assert len(lines) == 20 and all(": counts (" in line for line in lines), text   # original and preact 110
