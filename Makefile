@@ -44,7 +44,7 @@ nbtest:
 	.venv/bin/nbdev_test --n_workers 2 --timing
 
 pytest:
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q --durations=15
 
 lab: setup data
 	.venv/bin/jupyter lab nbs

@@ -18,14 +18,13 @@ from scipy import stats
 from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
 from .findings import holm  # noqa: F401 (one Holm for the study: chapter 9a's, used here and in chapter 10)
 from .params import PRECISIONS, resolve_params
-from .propagation import unit_title, variant_title
+from .propagation import save_figure, unit_title, variant_title  # noqa: F401 (figures' save helper)
 from .records import METRIC_COLUMNS, TERMINAL_STATUSES
 
 # %% auto #0
 __all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'OKABE_ITO', 'FIGURES', 'gather_runs', 'gather_metrics',
-           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'verdict', 'save_figure', 'loss_scale',
-           'series_label', 'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure',
-           'seeds_figure']
+           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'verdict', 'loss_scale', 'series_label',
+           'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure', 'seeds_figure']
 
 # %% ../nbs/09_figures.ipynb #2264d661
 RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
@@ -190,15 +189,6 @@ def verdict(comparison: dict, claim: str, p_adjusted: float, alpha: float = ALPH
 # Okabe & Ito's colours, told apart with the common colour-vision deficiencies, in the order a figure's series take
 # them: the first five differ in hue and lightness (sky blue, next to blue, and yellow, on white, come last)
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#D55E00", "#56B4E9", "#F0E442"]
-
-
-def save_figure(fig, path, dpi: int = 150) -> Path:
-    """Save `fig` as the notebook shows it: cropped to the tight bounding box of everything drawn (what the inline
-    backend does), so that no title or legend outside the axes is cut off. Every figure of the study is saved here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    return path
 
 
 def loss_scale(values) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from .units import UNITS
 # %% auto #0
 __all__ = ['PROFILE_VARIANTS', 'UNIT_TITLES', 'ToyUnit', 'ToyResidualStack', 'toy_loss', 'variant_label',
            'silence_residual_branches', 'propagation_profile', 'profile_variants', 'variant_title', 'unit_title',
-           'plot_propagation']
+           'plot_propagation', 'save_figure']
 
 # %% ../nbs/00_propagation.ipynb #6e377590
 _ACTIVATIONS = {None: lambda x: x, "relu": torch.relu}
@@ -366,6 +367,15 @@ def plot_propagation(profiles: pd.DataFrame, direction: str = "backward", path=N
     fig.suptitle(f"Signal propagation at initialisation: {what}\n{nets_text}, one CIFAR-10 batch, "
                  f"{profiles.dtype.iloc[0]}, BN in training mode", fontsize=11)
     if path is not None:
-        from identity_study.figures import save_figure      # chapter 9's one save helper, imported when it is needed
         save_figure(fig, path)
     return fig
+
+
+def save_figure(fig, path, dpi: int = 150) -> Path:
+    """Save `fig` as the notebook shows it: cropped to the tight bounding box of everything drawn (what the inline
+    backend does), so that no title or legend outside the axes is cut off. Every figure of the study is saved here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
+
