@@ -17,9 +17,11 @@ export PYTHONUNBUFFERED := 1
 
 setup: .venv/.installed
 
-# CIFAR-10/100 and Tiny ImageNet rebuilt once from the read-only compact copy in $(SHARED)/data
+# CIFAR-10/100 and Tiny ImageNet rebuilt once from the read-only compact copy in $(SHARED)/data; on a machine without
+# that folder, the official CIFAR-10/100 files downloaded through torchvision, md5-checked (no Tiny ImageNet)
+DATA_SOURCE = $(if $(wildcard $(SHARED)/data/.),--shared $(SHARED)/data --tiny-imagenet,--download)
 $(DATA)/.complete: | .venv/.installed
-	$(PY) -m identity_study.data --shared $(SHARED)/data --root $(DATA) --tiny-imagenet
+	$(PY) -m identity_study.cli data $(DATA_SOURCE) --root $(DATA)
 	touch $@
 
 data: $(DATA)/.complete

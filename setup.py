@@ -71,6 +71,7 @@ setuptools.setup(
     python_requires=">=" + cfg["min_python"],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
+    package_data={cfg["lib_name"]: ["py.typed"]},     # PEP 561: the package's annotations are for type checkers
     install_requires=cfg["requirements"].split(),
     # by what a user does: [figures] draws, [sweep] runs tables of runs (its training notebook draws its curves, so it
     # pulls [figures]), [dev] tests and builds the notebooks and docs (everything)

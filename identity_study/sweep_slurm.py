@@ -14,7 +14,11 @@ import tomllib
 from pathlib import Path
 
 import pandas as pd
-import submitit
+try:
+    import submitit
+except ModuleNotFoundError as e:     # the bare package: sweeps need the [sweep] extra
+    raise ModuleNotFoundError(f"No module named {e.name!r}: the sweeps need the sweep extra, install "
+                              f"identity_study[sweep] (pip install 'identity_study[sweep]')", name=e.name) from None
 
 from .params import PARAMS, resolve_params
 from .records import (TERMINAL_STATUSES, FileLock, end_attempt, is_locked, note_attempt, read_status,
@@ -25,9 +29,9 @@ from .sweep_plan import Claim, describe_run, log_to_terminal, plan_table, run_no
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['SLURM_OPTIONS', 'LIVE_STATES', 'slurm_minutes', 'load_site', 'slurm_options', 'RunFailedError', 'SlurmRun',
-           'slurm_states', 'slurm_execution', 'job_marker', 'read_json', 'slurm_sweep', 'slurm_run_plan', 'follow_jobs',
-           'job_outcome']
+__all__ = ['SLURM_OPTIONS', 'LIVE_STATES', 'slurm_minutes', 'load_site', 'slurm_options', 'RunFailedError', 'outcome_file',
+           'write_outcome', 'SlurmRun', 'slurm_states', 'slurm_execution', 'job_marker', 'read_json', 'slurm_sweep',
+           'slurm_run_plan', 'follow_jobs', 'job_outcome']
 
 # %% ../nbs/08d_sweep_slurm.ipynb #911abc9e
 # what a site file and the flags may set; a site file is TOML (see the README's "On a cluster")
@@ -143,6 +147,28 @@ def _claim_within(claim: Claim, path: Path, seconds: float, poll: float = 1.0) -
         time.sleep(poll)
 
 
+# what submitit (1.5) raises in a job that its signal handler does not requeue (it ends the job, its record stays as it
+# is); a version without it has none
+_UNCOMPLETED = getattr(getattr(getattr(submitit, "core", None), "utils", None), "UncompletedJobError", ())
+
+
+def outcome_file(paths) -> Path:
+    """Where a process of a job writes what it returned, or its error, as JSON: beside submitit's own result,
+    `runs/.slurm/<job id>/<job id>_<process>_outcome.json` (`paths`: submitit's JobPaths of the job or process)."""
+    return Path(paths.folder) / f"{paths.job_id}_{paths.task_id}_outcome.json"
+
+
+def write_outcome(paths, row: dict | None = None, error: BaseException | None = None) -> None:
+    "Write the outcome of one process of a job: the row it returned, or one line that names its error."
+    if error is not None:
+        kind = type(error)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
+        write_json(outcome_file(paths), dict(error=f"{name}: {first}"[:500] if first else name))
+    else:
+        write_json(outcome_file(paths), dict(row=row))
+
+
 class SlurmRun(submitit.helpers.Checkpointable):
     """One run of a sweep as a Slurm job, on the compute node: the local sweep's rules (skip what is finished, claim
     the run, resume what is interrupted, record what fails), then the training notebook through papermill as locally.
@@ -150,11 +176,24 @@ class SlurmRun(submitit.helpers.Checkpointable):
     It is `Checkpointable`: on a preemption or at the time limit submitit saves this call and requeues the job, and
     the call made again resumes the run from its newest checkpoint (the trainer's exact resumption, chapter 6).
     With more than one process (`--nodes`, `--gpus-per-node`), every process of the job runs the notebook with
-    submitit's rendezvous in its environment and the trainer's torch.distributed path does the rest."""
+    submitit's rendezvous in its environment and the trainer's torch.distributed path does the rest.
+
+    What each process returned, or the error it ended with, is written as JSON (`write_outcome`), which is what the
+    sweep that follows the job reads: never submitit's result pickle."""
 
     def __call__(self, job: dict) -> dict:
         log_to_terminal()
         env = submitit.JobEnvironment()
+        try:
+            row = self._call(job, env)
+        except Exception as e:
+            if not isinstance(e, _UNCOMPLETED):     # not requeued by submitit: the job ends, its record says how far
+                write_outcome(env.paths, error=e)
+            raise
+        write_outcome(env.paths, row=row)
+        return row
+
+    def _call(self, job: dict, env) -> dict:
         if env.num_tasks > 1:
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: what the trainer's distributed_context reads.
             # Every process keeps all GPUs of its node visible: the trainer picks cuda:LOCAL_RANK itself
@@ -394,6 +433,10 @@ def _slurm_executor(opts, part, run_dir, name):
     return executor
 
 
+# Slurm's states of a job that ended by a failure (of the job, its node or its memory), not by an end it was given
+_FAILED_STATES = {"FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+
+
 def follow_jobs(jobs, todo, poll: float = 5.0) -> list:
     "Follow Slurm jobs to their end, a line per change of state; then one row per job, from its run's record."
     last, n = {}, len(jobs)
@@ -401,7 +444,7 @@ def follow_jobs(jobs, todo, poll: float = 5.0) -> list:
         states = slurm_states(j.job_id for j in jobs)
         for i, (sjob, job) in enumerate(zip(jobs, todo), 1):
             state = states.get(sjob.job_id, "UNKNOWN")
-            if state == "UNKNOWN" and sjob.paths.result_pickle.exists():
+            if state == "UNKNOWN" and (sjob.paths.result_pickle.exists() or outcome_file(sjob.paths).exists()):
                 state = "ENDED"         # accounting has not caught up, but the job has written its result
             if state != last.get(sjob.job_id):
                 _log.info(f"[{i}/{n}] {job['run_id']}: job {sjob.job_id} {state}")
@@ -418,6 +461,8 @@ def follow_jobs(jobs, todo, poll: float = 5.0) -> list:
         if isinstance(result, dict):
             row.update(result)
         else:
+            if result is None and last[sjob.job_id] in _FAILED_STATES:
+                result = f"job {sjob.job_id} ended {last[sjob.job_id]} without an outcome; its log: {sjob.paths.stderr}"
             row.update(action="failed" if result else last[sjob.job_id].lower(),
                        **describe_run(read_status(path) or "new", path / "summary.json"),
                        **({"error": result} if result else {}))
@@ -426,38 +471,19 @@ def follow_jobs(jobs, todo, poll: float = 5.0) -> list:
     return rows
 
 
-# what submitit (1.5) says of a job that failed, and of one that left no result (the first is a kind of the second);
-# a version without them is read as "failed", with its message
-_SUBMITIT_ERRORS = getattr(getattr(submitit, "core", None), "utils", None)
-_FAILED = getattr(_SUBMITIT_ERRORS, "FailedJobError", ())
-_UNCOMPLETED = getattr(_SUBMITIT_ERRORS, "UncompletedJobError", ())
-
-
 def job_outcome(sjob):
-    """What a finished job returned: its row (process 0's, for a multi-process run), the last line of its error, or
-    None when it left no result (cancelled, killed, lost). Read through submitit's public API (`exception()`,
-    `results()`); a result that cannot be read back is said as the error, not raised."""
-    if not sjob.paths.result_pickle.exists():       # process 0 left nothing: there is no result to read
-        return None
-    try:
-        error = sjob.exception()
-        if error is None:
-            return sjob.results()[0]
-    except Exception as e:      # written by another version of submitit, truncated, unreadable
-        return f"the job's result cannot be read back ({type(e).__name__}: {e}); its log: {sjob.paths.stdout}"
-    if isinstance(error, _UNCOMPLETED) and not isinstance(error, _FAILED):
-        return None
-    return _error_line(str(error))
-
-
-def _error_line(message: str) -> str:
-    """The last line of the traceback in submitit's FailedJobError ('... with trace:', a line of dashes, the
-    traceback, a line of dashes, where the logs are); the message's first line where it is laid out otherwise."""
-    parts = re.split(r"\n-{10,}\n", message)
-    lines = [ln.strip() for ln in (parts[1] if len(parts) >= 3 else "").splitlines() if ln.strip()]
-    if lines:
-        return lines[-1][:500]
-    return (message.strip().splitlines() or ["failed"])[0][:500]
+    """What a finished job returned: its row (process 0's, for a multi-process run), the line of its error (a process
+    that failed), or None when it left no outcome (cancelled, killed, lost). Read from the JSON its processes wrote
+    (`write_outcome`), never from submitit's result pickle, which would run whatever code it holds when unpickled."""
+    first = outcome_file(sjob.paths)
+    mine = read_json(first)
+    others = [read_json(p) for p in sorted(first.parent.glob(f"{sjob.job_id}_*_outcome.json")) if p != first]
+    for outcome in [mine, *others]:
+        if isinstance(outcome, dict) and isinstance(outcome.get("error"), str):
+            return outcome["error"][:500] or "failed"
+    if isinstance(mine, dict) and isinstance(mine.get("row"), dict):
+        return mine["row"]
+    return None
 
 
 def _frame(todo, rows) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import sys
 import sysconfig
 import tarfile
 import zipfile
+from configparser import ConfigParser
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME, VERSION = "identity_study", "0.1.0"
+_SETTINGS = ConfigParser(delimiters=["="])
+_SETTINGS.read(ROOT / "settings.ini", encoding="utf-8")
+NAME, VERSION = "identity_study", _SETTINGS["DEFAULT"]["version"]
 ROW = "full pre-activation [ResNet-110]"      # one row of Table 2, run at depth 20 on the synthetic data set
 
 
@@ -82,7 +85,10 @@ def test_sdist_holds_what_the_wheel_needs(env):
     with tarfile.open(env["sdist"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"settings.ini", "setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "constraints.txt",
-            "nbs/train.ipynb", f"{NAME}/__init__.py", f"{NAME}/train.py"} <= names
+            "nbs/train.ipynb", f"{NAME}/__init__.py", f"{NAME}/train.py", f"{NAME}/py.typed", "CHANGELOG.md",
+            "CITATION.cff"} <= names
+    # the tests, with the conftest.py and the helper modules they import
+    assert {"tests/conftest.py", "tests/test_package.py", "tests/bad_params.py", "tests/ddp_worker.py"} <= names
     assert not any(n.startswith(("runs/", "data/", ".venv/")) for n in names)
 
 
@@ -96,17 +102,19 @@ def test_wheel_contents_and_metadata(env):
     # the training notebook as package data, byte for byte the one of the checkout
     assert packaged_nb == (ROOT / "nbs" / "train.ipynb").read_bytes()
     assert f"{info}/licenses/LICENSE" in names
+    assert f"{NAME}/py.typed" in names                             # PEP 561: type checkers read the annotations
     assert not any(n.startswith(("nbs/", "tests/")) for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "Classifier: Operating System :: POSIX :: Linux" in metadata
     for extra in ("figures", "sweep", "dev"):
         assert f"Provides-Extra: {extra}" in metadata
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert "Requires-Dist: torch>=2.4" in requires
+    assert "Requires-Dist: torch>=2.10" in requires and "Requires-Dist: torchvision>=0.25" in requires
+    assert f"Version: {VERSION}" in metadata.splitlines()
     pinned = [r for r in requires if "==" in r.split(";")[0]]
     assert not pinned, f"pins belong in constraints.txt; the package declares ranges: {pinned}"
-    assert "identity-study-sweep = identity_study.sweep:main" in entry_points
-    assert "identity-study-data = identity_study.data:main" in entry_points
+    assert "identity-study-sweep = identity_study.cli:sweep_main" in entry_points
+    assert "identity-study-data = identity_study.cli:data_main" in entry_points
 
 
 def test_installed_from_the_wheel(env):
@@ -119,6 +127,20 @@ def test_installed_from_the_wheel(env):
     assert not module.is_relative_to(ROOT)
     assert notebook.is_file() and notebook.is_relative_to(env["purelib"])
     assert (env["venv"] / "bin" / "identity-study-sweep").is_file()
+    out = sh([env["python"], "-c", "import identity_study; print(identity_study.__version__)"], cwd=env["work"],
+             env=env["env"]).stdout.strip()
+    assert out == VERSION
+
+
+def test_the_installed_data_command_says_a_bad_argument_in_one_line(env):
+    "identity-study-data as installed: a data root whose parent is missing is one line, exit status 2, nothing written."
+    before = sorted(env["work"].rglob("*"))
+    proc = subprocess.run([env["venv"] / "bin" / "identity-study-data", "--download", "--root", "nowhere/data"],
+                          capture_output=True, text=True, timeout=120, cwd=env["work"], env=env["env"])
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.startswith("identity-study-data: error: the data root's parent folder ")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert sorted(env["work"].rglob("*")) == before
 
 
 def test_smoke_train_and_an_installed_unit_plugin(env):

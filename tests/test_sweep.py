@@ -1,7 +1,8 @@
-"""The sweep's command line, its manners as a library (logging, prctl off Linux, submitit's public API) and where it
-finds the training notebook: fast checks, no training (the sweeps themselves: test_pipeline, test_faults,
-test_extend, and tests/slurm against a real cluster)."""
+"""The sweep's command line, its manners as a library (logging, prctl off Linux, what a Slurm job returned read as JSON,
+never unpickled) and where it finds the training notebook: fast checks, no training (the sweeps themselves:
+test_pipeline, test_faults, test_extend, and tests/slurm against a real cluster)."""
 import importlib.resources
+import json
 import logging
 import pickle
 import sys
@@ -9,12 +10,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import submitit
 
 import identity_study
-from identity_study import sweep_plan
+from identity_study import sweep_plan, sweep_slurm
 from identity_study.params import PROFILES
 from identity_study.sweep import build_parser, main
-from identity_study.sweep_slurm import job_outcome
+from identity_study.records import write_json
+from identity_study.sweep_slurm import RunFailedError, SlurmRun, job_outcome, outcome_file, write_outcome
 
 SMALL = ["--only", "constant scaling", "--seeds", "1", "--set", "dataset=synthetic"]
 
@@ -118,25 +121,91 @@ def test_without_prctl_a_sweep_runs_unguarded(how, monkeypatch, caplog):
         sweep_plan._prctl.cache_clear()
 
 
-def _job(tmp_path, exception=None, results=None, pickled=True):
-    "A finished submitit job as job_outcome sees it: its result file (or none), exception() and results()."
-    folder = Path(tmp_path) / f"job{len(list(Path(tmp_path).iterdir()))}"
-    folder.mkdir()
-    result = folder / "1_0_result.pkl"
-    if pickled:
-        result.write_bytes(pickle.dumps(("success", None)))
+class _Planted:
+    "A pickle that someone who can write runs/.slurm/ could leave there: unpickled, it creates the file `marker`."
 
-    def fails():
-        raise ModuleNotFoundError("No module named 'submitit.core.v2'")
-    return SimpleNamespace(paths=SimpleNamespace(result_pickle=result, stdout=folder / "1_0_log.out"),
-                           exception=exception or (lambda: None), results=results or fails)
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
 
 
-def test_what_a_job_returned_degrades_to_a_clear_answer(tmp_path):
+def _slurm_job(runs: Path, job_id: str):
+    "The submitit job a Slurm sweep follows (nothing is asked of Slurm until its state is), its folder made."
+    sjob = submitit.SlurmJob(folder=runs / ".slurm" / "%j", job_id=job_id)
+    sjob.paths.folder.mkdir(parents=True, exist_ok=True)
+    return sjob
+
+
+def test_what_a_job_returned_is_read_from_its_json_outcome(tmp_path):
     row = dict(action="trained", status="completed")
-    assert job_outcome(_job(tmp_path, results=lambda: [row])) == row
-    assert job_outcome(_job(tmp_path, pickled=False)) is None                    # cancelled: left nothing
-    unreadable = job_outcome(_job(tmp_path))                                      # another version's result
-    assert unreadable.startswith("the job's result cannot be read back (ModuleNotFoundError")
-    odd = job_outcome(_job(tmp_path, exception=lambda: RuntimeError("job 1 failed: out of memory\nmore")))
-    assert odd == "job 1 failed: out of memory"                                  # a message laid out otherwise
+    job = _slurm_job(tmp_path, "7_1")
+    assert job_outcome(job) is None                                               # cancelled: left nothing
+    write_outcome(job.paths, row=row)
+    assert outcome_file(job.paths).name == "7_1_0_outcome.json" and job_outcome(job) == row
+    write_outcome(job.paths, error=RunFailedError("run r trained -> failed: ValueError: boom\nmore"))
+    assert job_outcome(job) == "identity_study.sweep_slurm.RunFailedError: run r trained -> failed: ValueError: boom"
+    write_outcome(job.paths, row=row)
+    other = submitit.core.utils.JobPaths(job.paths.folder.parent / "%j", job_id="7_1", task_id=1)
+    write_outcome(other, error=MemoryError("out of memory"))                      # process 1 of a 2-process run
+    assert job_outcome(job) == "MemoryError: out of memory"
+    for bad in ("not json", "[1, 2]", '{"row": "text"}'):                         # read as data, whatever it holds
+        outcome_file(job.paths).write_text(bad)
+        outcome_file(other).unlink(missing_ok=True)
+        assert job_outcome(job) is None, bad
+
+
+def test_the_job_writes_its_outcome_but_not_where_submitit_requeues(tmp_path, monkeypatch):
+    paths = submitit.core.utils.JobPaths(tmp_path, job_id="5", task_id=0)
+    monkeypatch.setattr(sweep_slurm.submitit, "JobEnvironment", lambda: SimpleNamespace(paths=paths))
+
+    class Run(SlurmRun):
+        def _call(self, job, env):
+            if isinstance(job, BaseException):
+                raise job
+            return job
+    assert Run()(dict(action="skipped")) == dict(action="skipped")
+    assert json.loads(outcome_file(paths).read_text()) == dict(row=dict(action="skipped"))
+    with pytest.raises(RunFailedError):
+        Run()(RunFailedError("run r retried -> failed: DataError: gone"))
+    assert json.loads(outcome_file(paths).read_text())["error"].endswith("RunFailedError: run r retried -> failed: "
+                                                                          "DataError: gone")
+    outcome_file(paths).unlink()
+    with pytest.raises(submitit.core.utils.UncompletedJobError):                 # timed out too often: no outcome
+        Run()(submitit.core.utils.UncompletedJobError("Job not requeued because: timed-out too many times."))
+    assert not outcome_file(paths).exists()
+
+
+@pytest.mark.parametrize("state, outcome, expect", [
+    ("COMPLETED", None, dict(action="completed", status="completed")),
+    ("COMPLETED", dict(row=dict(action="trained", status="completed")), dict(action="trained", status="completed")),
+    ("FAILED", None, dict(action="failed", status="interrupted")),
+    ("CANCELLED", None, dict(action="cancelled", status="interrupted")),
+])
+def test_a_planted_result_pickle_runs_nothing(tmp_path, monkeypatch, state, outcome, expect):
+    """--wait follows the jobs and reads what they returned: a result pickle planted in runs/.slurm/ (as anyone who
+    can write the shared runs folder could) is never unpickled; the row comes from the JSON outcome, or from Slurm's
+    state and the run's record."""
+    runs, marker = tmp_path / "runs", tmp_path / "unpickled"
+    record = runs / "r1"
+    record.mkdir(parents=True)
+    (record / "summary.json").write_text(json.dumps(dict(status=expect["status"], final_test_error=0.5)))
+    sjob = _slurm_job(runs, "9_0")
+    payload = pickle.dumps(_Planted(marker))
+    sjob.paths.result_pickle.write_bytes(payload)
+    if outcome:
+        write_json(outcome_file(sjob.paths), outcome)
+    monkeypatch.setattr(sweep_slurm, "slurm_states", lambda ids: {j: state for j in ids})
+    todo = [dict(run_id="r1", row="a row", seed=0, params=dict(run_dir=str(runs)))]
+    [row] = sweep_slurm.follow_jobs([sjob], todo, poll=0)
+    assert not marker.exists(), "the planted pickle was unpickled"
+    assert {k: row[k] for k in expect} == expect, row
+    assert row["slurm_state"] == state and row["job_id"] == "9_0"
+    if state == "FAILED":
+        assert row["error"].startswith("job 9_0 ended FAILED without an outcome; its log: ")
+        assert row["error"].endswith("9_0_0_log.err")
+    else:
+        assert "error" not in row
+    pickle.loads(payload)                   # the control: unpickled, the planted file does run its code
+    assert marker.exists()
