@@ -314,3 +314,19 @@ def test_a_node_local_runs_folder_is_warned_of(tmp_path, monkeypatch, capsys):
     assert code == 0, out
     assert re.search(r"warning: the runs folder .* may not be visible to the compute nodes: it is under /tmp", out), out
     assert out.count(": would submit (new)") == 3 and not (tmp_path / "runs" / ".slurm" / "jobs").exists()
+
+
+def test_a_dry_run_of_the_protocol_plans_on_slurm_what_the_local_pool_plans(work, monkeypatch, capsys):
+    "`sweep run protocol --executor slurm --dry-run` lists the same run ids, in the same order, as the local pool."
+    base = [sys.executable, "-m", "identity_study.sweep", "run", "protocol", "--claims", "11", "--runs-dir",
+            str(work / "runs"), "--dry-run"]
+    code, local = _main(base + ["--jobs", "2"], monkeypatch, capsys)
+    assert code == 0, local
+    code, slurm = _main(base + ["--executor", "slurm", "--time", "30"], monkeypatch, capsys)
+    assert code == 0, slurm
+
+    def ids(text):
+        return re.findall(r"^\[\d+/\d+\] (\S+): missing", text, re.M)
+
+    assert ids(slurm) == ids(local) and len(ids(local)) == 20, (local, slurm)
+    assert not (work / "runs").exists()          # a dry run writes nothing, here or on the cluster
