@@ -307,6 +307,7 @@ def _run_protocol(args) -> int:
         lanes = opts.get("max_parallel") or 1
         todo = plan_protocol(Path(args.runs_dir).resolve(), protocol, claims, configurations, args.data_dir,
                              fixed={**extra, **overrides}, resolve_on="cpu")
+        check_slurm(opts, Path(args.runs_dir).resolve())      # the cluster, before anything is listed or submitted
     device = "cuda" if gpus or (args.executor == "slurm" and extra["device"] == "cuda") else "cpu"
     states = protocol_states(todo, args.runs_dir, protocol, device)
     runnable = [j for j, ok in zip(todo, states.runnable) if ok]
