@@ -256,3 +256,16 @@ def test_every_section_runs_tiny_on_the_cpu(tmp_path):
     metrics = _rows(out / "sanity_metrics.csv")
     for column in MACHINE + ["iteration", "train_loss", "test_error", "precision", "channels_last"]:
         assert column in metrics[0], column
+
+
+def test_gpu_throughput_writes_its_rows_where_they_come_back(tmp_path):
+    "Under --out (a lent machine brings back only its $OUT), each run's rows once, however often --out is reused."
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--device", "cpu",
+                               "--tiny", "--sections", "resnet1001", "--out", str(out)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = _rows(out / "results_gpu.csv")
+    assert len(rows) == 8 and {r["section"] for r in rows} == {"resnet1001"}     # 2 runs x 4 configurations
