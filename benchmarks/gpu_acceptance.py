@@ -68,7 +68,8 @@ FULL = dict(
     budget_s=540,
     # reserves: each section's expected seconds on one H100 (benchmarks/README.md, "Time on an H100: an estimate",
     # from acceptance_estimate.py), kept for it while earlier sections run; caps: the most a section may take
-    reserves=dict(env=10, compile=160, throughput=75, resnet1001=35, smoke=30, sanity=75, resume=40, ddp=45),
+    # (throughput's: ResNet-164 alone, ResNet-110 runs only in what is left of its cap)
+    reserves=dict(env=10, compile=215, throughput=60, resnet1001=25, smoke=20, sanity=75, resume=20, ddp=25),
     caps=dict(env=60, compile=240, throughput=150, resnet1001=90, smoke=120, sanity=180, resume=120, ddp=150),
     smoke=dict(),
     resume=dict(depth=20, dataset="synthetic", iterations=12, eval_every=4, stop_after=6, batch_size=64,
@@ -840,7 +841,7 @@ def summary_line(name: str, res: dict) -> str:
 
 def commit() -> str:
     "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told."
-    sha = _git("rev-parse", "--short", "HEAD")
+    sha = _git("rev-parse", "HEAD")
     return sha + ("-dirty" if sha and _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
@@ -853,8 +854,7 @@ def attempt_provenance(argv: list, args, budget: float) -> dict:
                 device=args.device, tiny=args.tiny, budget_s=budget, hostname=platform.node(),
                 gpu=gpu_name_without_cuda_init() if args.device.startswith("cuda") else "",
                 python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                cuda=torch.version.cuda or "", git_commit=_git("rev-parse", "--short", "HEAD")
-                or os.environ.get("IDENTITY_STUDY_COMMIT", ""))
+                cuda=torch.version.cuda or "", git_commit=commit() or os.environ.get("IDENTITY_STUDY_COMMIT", ""))
 
 
 def plan(only, cfg: dict, budget: float) -> dict:

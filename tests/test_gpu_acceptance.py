@@ -124,7 +124,7 @@ def test_the_planned_run_fits_its_budget_with_the_compile_rows_early():
 
 def test_the_first_run_command_carries_the_commit_and_survives_a_bad_wheel(tmp_path):
     line = _script("--print-command").stdout.strip()
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     assert line.startswith(f"IDENTITY_STUDY_COMMIT={commit}") and "benchmarks/gpu_first_run.sh" in line
     # a copy of the tree with one bad wheel and a stand-in for python3: the sections still start, told the commit
@@ -269,3 +269,19 @@ def test_gpu_throughput_writes_its_rows_where_they_come_back(tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = _rows(out / "results_gpu.csv")
     assert len(rows) == 8 and {r["section"] for r in rows} == {"resnet1001"}     # 2 runs x 4 configurations
+
+
+def test_a_copy_without_git_records_the_commit_it_is_told(monkeypatch):
+    "A lent GPU machine's copy of the tree has no .git: its records carry the commit the command passed."
+    import identity_study.records as R
+
+    def no_git(*a, **k):
+        raise OSError("no git here")
+    monkeypatch.setattr(R.subprocess, "run", no_git)
+    monkeypatch.setenv("IDENTITY_STUDY_COMMIT", "0123abc-dirty")
+    p = R.provenance("cpu")
+    assert (p["git_commit"], p["git_dirty"]) == ("0123abc", True)
+    monkeypatch.setenv("IDENTITY_STUDY_COMMIT", "0123abc")
+    assert (R.provenance("cpu")["git_commit"], R.provenance("cpu")["git_dirty"]) == ("0123abc", False)
+    monkeypatch.delenv("IDENTITY_STUDY_COMMIT")
+    assert R.provenance("cpu")["git_commit"] is None
