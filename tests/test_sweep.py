@@ -140,3 +140,11 @@ def test_what_a_job_returned_degrades_to_a_clear_answer(tmp_path):
     assert unreadable.startswith("the job's result cannot be read back (ModuleNotFoundError")
     odd = job_outcome(_job(tmp_path, exception=lambda: RuntimeError("job 1 failed: out of memory\nmore")))
     assert odd == "job 1 failed: out of memory"                                  # a message laid out otherwise
+
+
+def test_a_multi_process_slurm_run_gives_each_task_its_own_cpus_as_loader_workers():
+    "Slurm binds each task to its --cpus-per-task CPUs: the loader's default would divide them by the tasks again."
+    from identity_study.sweep_slurm import slurm_execution, slurm_options
+    assert slurm_execution(slurm_options(nodes=1, tasks_per_node=4, cpus_per_run=6))["workers"] == 6
+    assert slurm_execution(slurm_options(gpus_per_node=2, cpus_per_run=16))["workers"] == 8      # at most 8
+    assert "workers" not in slurm_execution(slurm_options(cpus_per_run=6))                     # one process
