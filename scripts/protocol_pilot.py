@@ -84,9 +84,10 @@ def amendment_2():
                 configs[c["a"]]["seeds"], configs[c["b"]]["seeds"]
             if cid == "11":
                 sd_own = p.std(ddof=1)
+                own = tost_power(c["margin"], sd_own, n_a, n_b, level, rng)
+                first = tost_power(c["margin"], pooled, n_a, n_b, level, rng)
                 print(f"11 (TOST, M = {c['margin']}, level {level:.4f}, {n_a} v {n_b}): power with the SD of preact "
-                      f"110 itself ({sd_own:.2f}): {tost_power(c['margin'], sd_own, n_a, n_b, level, rng):.2f}; with "
-                      f"amendment 1's pooled SD ({pooled:.2f}): {tost_power(c['margin'], pooled, n_a, n_b, level, rng):.2f}")
+                      f"110 itself ({sd_own:.2f}): {own:.2f}; with amendment 1's pooled SD ({pooled:.2f}): {first:.2f}")
             elif family_name == "supplement_110":
                 mini_a = [r.metric(err) for r in records(configs[c["a"]], range(10), "mini")]
                 mini_b = [r.metric(err) for r in records(configs[c["b"]], range(10), "mini")]
