@@ -58,17 +58,26 @@ def nvidia_smi(fields: list) -> list:
     return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
 
 
+def commit_and_dirty() -> tuple[str, bool]:
+    """This checkout's short commit and whether tracked files differ from it; a copy of the tree without .git (a lent
+    GPU machine's) is told them by IDENTITY_STUDY_COMMIT=COMMIT or COMMIT-dirty."""
+    sha = _git("rev-parse", "--short", "HEAD")
+    if sha:
+        return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
+    told = os.environ.get("IDENTITY_STUDY_COMMIT", "")
+    return told.removesuffix("-dirty"), told.endswith("-dirty")
+
+
 def machine(device: str = "cpu") -> dict:
     "The columns that say where and with what a row was measured."
     import identity_study
+    commit, dirty = commit_and_dirty()
     # device_name, cpu_capability and native_bf16: the class of machine a figure holds for
     return dict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"), hostname=platform.node(),
                 **device_kind(device), cpu_count=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda or "",
                 threads=torch.get_num_threads(), identity_study=identity_study.__version__,
-                # a copy of the tree without .git (e.g. on a lent GPU machine) can be told its commit
-                git_commit=_git("rev-parse", "--short", "HEAD") or os.environ.get("IDENTITY_STUDY_COMMIT", ""),
-                git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")))
+                git_commit=commit, git_dirty=dirty)
 
 
 def load1() -> float:

@@ -1,48 +1,48 @@
-"""The study's GPU path proved in one command: eight sections, each in its own process with its own time limit, each
-writing its result the moment it ends.
+"""The study's GPU path proved, and its numbers taken, in one command: eight sections, each in its own process with its
+own time limit, each writing its result the moment it ends, in the order of their value.
 
-  python3 benchmarks/gpu_acceptance.py --out OUT                    # one H100: at most 8 minutes (budget 465 s)
-  python3 benchmarks/gpu_acceptance.py --out OUT --only sanity,compile   # rerun some sections (the rest is kept)
+  IDENTITY_STUDY_COMMIT=<commit> bash benchmarks/gpu_first_run.sh OUT   # a lent GPU: set-up and every section, <= 570 s
+  python3 benchmarks/gpu_acceptance.py --print-command                 # that line, the commit filled in
+  python3 benchmarks/gpu_acceptance.py --out OUT --only compile         # rerun some sections (the rest is kept)
   .venv/bin/python benchmarks/gpu_acceptance.py --device cpu --tiny --out /tmp/acc   # the same code on a CPU, ~1 min
 
-Sections, in this order:
+Sections, in this order (the most valuable first: the numbers only a GPU gives, then the proofs):
   env         GPU, clocks (nvidia-smi), versions (torch, CUDA, cuDNN, NCCL, driver), TF32 flags, and a TF32 probe:
               a float32 convolution and matrix product against float64, under the flags as found, with TF32 off
               and with TF32 on
+  compile     torch.compile of the trainer's step, one row at a time, each written as it completes: pre-act
+              ResNet-164 with CUDA graphs (mode="reduce-overhead", where the 15k images/s target lives), then as the
+              trainer compiles it (compile=True), then ResNet-1001 compiled per unit: compile time, throughput, loss
+              agreement with eager, recompiles and recompile-limit hits
+  throughput  the trainer's step (fp32/bf16[/tf32] x NCHW/channels_last) beside a typical DataLoader pipeline under
+              the same fp32 math and under torch's defaults, and the bare steps, interleaved repeats, the share of time
+              the GPU is busy; ResNet-164, then ResNet-110 where the section's time allows
+  resnet1001  ResNet-1001, pre-act and original, fp32 and bf16: peak memory after the warm-up, step time, 64k
+              iterations projected
   smoke       papermill nbs/train.ipynb, smoke profile, every other parameter at its default (device auto)
+  sanity      a short real run through papermill (pre-act ResNet-164, 2,000 iterations): test error <= 30 %
   resume      train straight through vs stop_after + resume (deterministic): weights, optimiser, generators and
               metrics bit for bit; pre-act ResNet-20 in fp32 and bf16 (and tf32), and the dropout shortcut
-  ddp         torchrun: one NCCL process, then two processes (NCCL, else gloo on CUDA tensors)
-  sanity      a short real run through papermill (pre-act ResNet-164, 2,000 iterations): test error <= 30 %
-  throughput  the trainer's step (fp32/bf16[/tf32] x NCHW/channels_last) beside a typical DataLoader pipeline and
-              the bare steps, interleaved repeats, and the share of time the GPU is busy
-  resnet1001  ResNet-1001, pre-act and original, fp32 and bf16: peak memory, step time, 64k iterations projected
-  compile     torch.compile, mode="reduce-overhead" and regional compilation: compile time, throughput, loss
-              agreement with eager, recompiles and recompile-limit hits
-Files in --out (never more than these seven): env.json, checks.json, throughput.csv (rows of throughput, resnet1001
-and compile), sanity_metrics.csv, smoke.ipynb, sanity.ipynb, acceptance.log. --tiny runs every section at toy size
+  ddp         torchrun: one NCCL process, then two processes (NCCL on two GPUs, gloo on CUDA tensors on one)
+Files in --out (never more than these seven): env.json, checks.json, throughput.csv (rows of compile, throughput and
+resnet1001), sanity_metrics.csv, smoke.ipynb, sanity.ipynb, acceptance.log. --tiny runs every section at toy size
 (depth 20, a few steps, gloo for NCCL, compile with the aot_eager backend on a CPU), as tests/test_gpu_acceptance.py
-does. Needs papermill and ipykernel for the two notebook sections (benchmarks/README.md: preparing a GPU machine).
+does. The checks themselves are in acceptance_checks.py. Needs papermill and ipykernel for the two notebook sections
+(benchmarks/README.md: preparing a GPU machine; there too, each section's expected time on an H100).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import itertools
 import json
 import logging
 import math
 import os
-import resource
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -50,25 +50,27 @@ import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
 import torch.nn.functional as F
 
-from _common import ROOT, append_csv, machine, nvidia_smi, table
+import acceptance_checks as A
+from _common import ROOT, _git, append_csv, gpu_name_without_cuda_init, machine, nvidia_smi, table
 import identity_study.models  # noqa: F401,E402  (imported once here: the forked sections inherit them)
 import identity_study.params  # noqa: F401,E402
 import identity_study.train  # noqa: F401,E402
 
-SECTIONS = ("env", "smoke", "resume", "ddp", "sanity", "throughput", "resnet1001", "compile")
+SECTIONS = ("env", "compile", "throughput", "resnet1001", "smoke", "sanity", "resume", "ddp")
 ENV_JSON, CHECKS_JSON, THROUGHPUT_CSV, SANITY_CSV = "env.json", "checks.json", "throughput.csv", "sanity_metrics.csv"
 SMOKE_NB, SANITY_NB, LOG = "smoke.ipynb", "sanity.ipynb", "acceptance.log"
 PAPER_ITERATIONS = 64_000
 MIN_SECTION_S = 15          # a section with less time than this left is skipped, not started to be killed
-THROUGHPUT_COLUMNS = ["section", "net", "variant", "pipeline", "precision", "layout", "status", "batch_size",
-                      "images_per_second", "ips_repeats", "step_ms", "bare_images_per_second", "data_share",
-                      "device_busy", "ratio_vs_typical", "peak_gib", "projected_64k_h", "compile_s",
-                      "speedup_vs_eager", "loss_max_rel_diff", "recompiles", "recompile_limit_hits", "unique_graphs",
-                      "cudagraph_skips", "fp32_math", "note"]
+COMPILE_ROWS = ("model-cudagraphs", "model", "units")
 
 FULL = dict(
-    budget_s=465,
-    limits=dict(env=60, smoke=150, resume=150, ddp=200, sanity=240, throughput=200, resnet1001=150, compile=600),
+    # benchmarks/gpu_first_run.sh gives the sections what is left of 570 s after its set-up; run directly, 540 s
+    budget_s=540,
+    # reserves: each section's expected seconds on one H100 (benchmarks/README.md, "Time on an H100: an estimate",
+    # from acceptance_estimate.py), kept for it while earlier sections run; caps: the most a section may take
+    # (throughput's: CIFAR-10 rebuilt and ResNet-164; ResNet-110 runs only in what is left of its cap)
+    reserves=dict(env=10, compile=215, throughput=80, resnet1001=25, smoke=20, sanity=75, resume=20, ddp=25),
+    caps=dict(env=60, compile=240, throughput=150, resnet1001=90, smoke=120, sanity=180, resume=120, ddp=150),
     smoke=dict(),
     resume=dict(depth=20, dataset="synthetic", iterations=12, eval_every=4, stop_after=6, batch_size=64,
                 train_subset=1024),
@@ -77,15 +79,17 @@ FULL = dict(
     # the paper's schedule compressed into 2,000 iterations: steps at 1/2 and 3/4, a short warm-up at 0.01
     sanity=dict(params=dict(depth=164, iterations=2000, lr_steps="[1000, 1500]", warmup_iterations=50,
                             eval_every=500, eval_subset=2000, progress=False), max_error=0.30),
-    throughput=dict(nets=[110, 164], batch_size=128, repeats=3, warmup=5, steps=20, busy_steps=5, workers=8),
+    # ResNet-110 only when the section's time left allows it (its first net's time again, and a fifth)
+    throughput=dict(nets=[164, 110], batch_size=128, repeats=3, warmup=5, steps=20, busy_steps=5, workers=8),
     resnet1001=dict(depth=1001, batch_size=128, warmup=2, steps=5),
-    compile=dict(configs=[("model", 164), ("model-cudagraphs", 164), ("units", 1001)], batch_size=128,
-                 agree_steps=5, warmup=3, steps=20),
+    compile=dict(configs=[("model-cudagraphs", 164), ("model", 164), ("units", 1001)], batch_size=128,
+                 agree_steps=5, warmup=3, steps=20, min_row_s=30),
     probe=dict(n=32, c=64, hw=32, m=1024),
 )
 TINY = dict(
     budget_s=400,
-    limits=dict(env=60, smoke=150, resume=120, ddp=150, sanity=150, throughput=120, resnet1001=90, compile=150),
+    reserves=dict(env=5, compile=15, throughput=15, resnet1001=5, smoke=15, sanity=15, resume=10, ddp=20),
+    caps=dict(env=60, compile=150, throughput=120, resnet1001=90, smoke=150, sanity=150, resume=120, ddp=150),
     smoke=dict(depth=20),
     resume=dict(depth=20, dataset="synthetic", iterations=4, eval_every=2, stop_after=3, batch_size=16,
                 train_subset=128),
@@ -97,8 +101,8 @@ TINY = dict(
                 max_error=None),
     throughput=dict(nets=[20], batch_size=8, repeats=3, warmup=1, steps=1, busy_steps=1, workers=1),
     resnet1001=dict(depth=20, batch_size=8, warmup=1, steps=2),
-    compile=dict(configs=[("model", 20), ("model-cudagraphs", 20), ("units", 20)], batch_size=8, agree_steps=2,
-                 warmup=1, steps=2),
+    compile=dict(configs=[("model-cudagraphs", 20), ("model", 20), ("units", 20)], batch_size=8, agree_steps=2,
+                 warmup=1, steps=2, min_row_s=5),
     probe=dict(n=4, c=16, hw=16, m=256),
 )
 
@@ -109,63 +113,26 @@ warnings.filterwarnings("ignore", message=".*rebuilt copy.*")   # the JPEG-rebui
 # what every section shares
 
 class Ctx:
-    "One section's settings: the device, the size (full or tiny), the output folder, a scratch folder."
-    def __init__(self, args):
+    "One section's settings: the device, the size (full or tiny), the output and scratch folders, its deadline."
+    def __init__(self, args, tmp, deadline: float):
         self.args, self.device, self.tiny = args, args.device, args.tiny
         self.cuda = self.device.startswith("cuda")
         self.cfg = TINY if args.tiny else FULL
-        self.out, self.tmp = Path(args.out), Path(args.tmp)
+        self.out, self.tmp, self.deadline = Path(args.out), Path(tmp), deadline
+        if self.cuda and ":" in self.device and torch.cuda.is_available():
+            torch.cuda.set_device(self.device)          # cuda:N: what a bare .cuda() or a library default takes
 
     def sync(self):
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
+
+    def left(self) -> float:
+        "Seconds until this section is killed."
+        return self.deadline - time.monotonic()
 
     def rows_base(self) -> dict:
         "The columns that say where and with what a row was measured."
         return dict(machine(self.device), **versions(self.device))
-
-
-class Checks:
-    """The result of one section: its checks, notes and data. Saved after every change, so that a section killed at
-    its time limit still shows what it had done."""
-    def __init__(self, name: str, path):
-        self.path = Path(path) if path else None
-        self.result = dict(section=name, status="running", checks=[], notes=[], data={})
-        self.save()
-
-    def check(self, what: str, ok, value=None, expect=None) -> bool:
-        ok = bool(ok)
-        self.result["checks"].append(dict(check=what, ok=ok, value=value, expect=expect))
-        print(f"  [{'ok' if ok else 'FAILED'}] {what}: {value}" + ("" if expect is None else f" (expected {expect})"),
-              flush=True)
-        self.save()
-        return ok
-
-    def note(self, text: str):
-        self.result["notes"].append(text)
-        print(f"  note: {text}", flush=True)
-        self.save()
-
-    def data(self, **kw):
-        self.result["data"].update(kw)
-        self.save()
-
-    def finish(self, error: str | None = None):
-        checks = self.result["checks"]
-        self.result["status"] = ("error" if error else "ok" if checks and all(c["ok"] for c in checks) else "failed")
-        if error:
-            self.result["error"] = error
-        self.save()
-
-    def save(self):
-        if self.path:
-            _write_json(self.path, self.result)
-
-
-def _write_json(path: Path, obj):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str, allow_nan=True) + "\n")
-    os.replace(tmp, path)
 
 
 def versions(device: str) -> dict:
@@ -193,68 +160,6 @@ def versions(device: str) -> dict:
     return out
 
 
-FLAG_PATHS = ["backends.fp32_precision", "backends.cuda.matmul.fp32_precision", "backends.cudnn.fp32_precision",
-              "backends.cudnn.conv.fp32_precision", "backends.cuda.matmul.allow_tf32", "backends.cudnn.allow_tf32",
-              "backends.mkldnn.matmul.fp32_precision", "backends.mkldnn.conv.fp32_precision"]
-
-
-def math_modes() -> dict:
-    """torch's fp32 math flags, each read on its own: the fp32_precision attributes exist only in newer torch, and
-    reading a legacy allow_tf32 flag after the new API was used can raise."""
-    out = {}
-    for path in FLAG_PATHS:
-        obj = torch
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            out[path] = obj
-        except AttributeError:
-            out[path] = "absent"
-        except Exception as e:
-            out[path] = f"unreadable ({type(e).__name__})"
-    out["float32_matmul_precision"] = torch.get_float32_matmul_precision()
-    return out
-
-
-def set_math(device: str, precision: str) -> str:
-    """fp32 matrix products and convolutions as the trainer computes `precision`: TF32 for tf32, IEEE otherwise. The
-    trainer's own switch where this checkout has it (identity_study.data.set_fp32_math), else torch's flags."""
-    import identity_study.data as D
-    if hasattr(D, "set_fp32_math"):
-        modes = D.set_fp32_math(device, precision)
-        return " ".join(f"{k}={v}" for k, v in sorted(modes.items()))
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-        return f"conv={'tf32' if precision == 'tf32' else 'ieee'} matmul={'tf32' if precision == 'tf32' else 'ieee'}"
-    return "conv=ieee matmul=ieee"
-
-
-class TorchDefaults:
-    "The fp32 math flags as a fresh process has them (what a typical script runs with), to put back later."
-    def __init__(self):
-        self.values = {}
-        for path in FLAG_PATHS:
-            *owner, attr = path.split(".")
-            obj = torch
-            try:
-                for part in owner:
-                    obj = getattr(obj, part)
-                self.values[path] = (obj, attr, getattr(obj, attr))
-            except Exception:
-                pass
-        # put back the new API's values where it exists: setting the legacy flags as well would mix the two
-        if any(p.endswith("fp32_precision") for p in self.values):
-            self.values = {p: v for p, v in self.values.items() if p.endswith("fp32_precision")}
-
-    def restore(self, device: str) -> str:
-        import identity_study.data as D
-        for obj, attr, value in self.values.values():
-            setattr(obj, attr, value)
-        if hasattr(D, "fp32_math"):
-            return " ".join(f"{k}={v}" for k, v in sorted(D.fp32_math(device).items())) + " (torch defaults)"
-        return " ".join(f"{p}={v}" for p, (_, _, v) in self.values.items() if "cud" in p) + " (torch defaults)"
-
-
 def tf32_available(device: str) -> tuple[bool, str]:
     "Whether this checkout's trainer knows precision 'tf32' on `device` (the note says why not)."
     from identity_study.params import resolve
@@ -272,6 +177,10 @@ def trainer_defaults(device: str, **params) -> dict:
     return dict(device=p["device"], precision=p["precision"], channels_last=p["channels_last"])
 
 
+def layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "nchw"
+
+
 def ensure_cifar10(ctx: Ctx):
     """CIFAR-10 in the data root, rebuilt from the compact copy (--compact, else ../shared/data) when missing: a GPU
     machine gets the 19 MB JPEG copy, not the 178 MB pickles."""
@@ -283,8 +192,10 @@ def ensure_cifar10(ctx: Ctx):
         script = base / "make_torchvision_layout.py"
         if script.is_file() and (base / "compact" / "cifar10").is_dir():
             t = time.perf_counter()
-            subprocess.run([sys.executable, str(script), "--compact", str(base / "compact"), "--root", str(root),
-                            "--only", "cifar10"], check=True)
+            rc, out = A.run_killable([sys.executable, str(script), "--compact", str(base / "compact"), "--root",
+                                      str(root), "--only", "cifar10"], max(10.0, ctx.left()), env=child_env())
+            if rc != 0:
+                raise RuntimeError(f"rebuilding CIFAR-10 from {base} failed: {A.last_line(out)}")
             print(f"  rebuilt CIFAR-10 under {root} from {base} in {time.perf_counter() - t:.1f} s", flush=True)
             return
     raise FileNotFoundError(f"CIFAR-10 is not under {root} and no compact copy was found in {ctx.args.compact} or "
@@ -299,106 +210,53 @@ def child_env(**extra) -> dict:
     return env
 
 
-def run_killable(cmd, timeout: float, **kw) -> tuple[int | None, str]:
-    "(exit status or None on timeout, the output's tail); the command and its children killed at the timeout."
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=child_env(), **kw)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        print(out[-4000:], flush=True)
-        return None, out
-    print(out[-4000:], flush=True)     # into the log: what the command said, whatever happened
-    return proc.returncode, out
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    return (errors or lines or [""])[-1][:400]
-
-
-def read_csv(path) -> list:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def record_dirs(run_dir: Path) -> list:
-    return sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if Path(run_dir).is_dir() else []
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# 1. env
+# env
 
-def conv_and_matmul_error(device, cfg) -> dict:
-    "Max relative error of a float32 convolution and matrix product against float64, with the flags as they are."
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg["n"], cfg["c"], cfg["hw"], cfg["hw"], generator=g)
-    w = torch.randn(cfg["c"], cfg["c"], 3, 3, generator=g) / math.sqrt(9 * cfg["c"])
-    a, b = (torch.randn(cfg["m"], cfg["m"], generator=g) for _ in range(2))
-    out = {}
-    for name, f, args in (("conv", lambda u, v: F.conv2d(u, v, padding=1), (x, w)),
-                          ("matmul", torch.matmul, (a, b))):
-        ref = f(*(t.to(device, torch.float64) for t in args))
-        got = f(*(t.to(device) for t in args))
-        out[name] = ((got.double() - ref).abs().max() / ref.abs().max()).item()
-    return out
-
-
-def section_env(ctx: Ctx, ck: Checks):
+def section_env(ctx: Ctx, ck: A.Checks):
     dev = ctx.device
     if ctx.cuda and not ck.check("CUDA is available", torch.cuda.is_available(), torch.version.cuda):
         return
     info = dict(ctx.rows_base(), device=dev)
-    info["nvidia_smi"] = nvidia_smi(["name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm", "clocks.mem",
-                                     "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu",
+    info["nvidia_smi"] = nvidia_smi(["index", "name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm",
+                                     "clocks.mem", "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu",
                                      "memory.total", "compute_mode"])
+    tensor_cores = False
     if ctx.cuda:
         props = torch.cuda.get_device_properties(dev)
         info["gpu"] = dict(name=props.name, capability=f"{props.major}.{props.minor}",
                            memory_gib=round(props.total_memory / 2**30, 1),
                            multiprocessors=props.multi_processor_count, device_count=torch.cuda.device_count())
-    info["math_modes_at_start"] = math_modes()
+        tensor_cores = props.major >= 8          # TF32 from Ampere on
+    info["math_modes_at_start"] = A.math_modes()
     info["trainer_defaults"] = trainer_defaults(dev)
     tf32, why = tf32_available(dev)
     info["tf32_precision_available"] = tf32
     if why:
         ck.note(why)
-    probe = dict(as_found=conv_and_matmul_error(dev, ctx.cfg["probe"]))
-    info["math_modes_as_found"] = math_modes()
-    info["fp32_math_ieee"] = set_math(dev, "fp32")
-    probe["tf32_off"] = conv_and_matmul_error(dev, ctx.cfg["probe"])
+    probe = dict(as_found=A.conv_and_matmul_error(dev, ctx.cfg["probe"]))
+    info["math_modes_as_found"] = A.math_modes()
+    info["fp32_math_ieee"] = A.set_math(dev, "fp32")
+    probe["tf32_off"] = A.conv_and_matmul_error(dev, ctx.cfg["probe"])
     if ctx.cuda:
-        info["fp32_math_tf32"] = set_math(dev, "tf32")
-        probe["tf32_on"] = conv_and_matmul_error(dev, ctx.cfg["probe"])
+        info["fp32_math_tf32"] = A.set_math(dev, "tf32")
+        probe["tf32_on"] = A.conv_and_matmul_error(dev, ctx.cfg["probe"])
+        info["math_modes_tf32_on"] = A.math_modes()
     info["tf32_probe_max_rel_error"] = probe
-    _write_json(ctx.out / ENV_JSON, info)
+    A.write_json(ctx.out / ENV_JSON, info)
     print(json.dumps(info, indent=1, default=str), flush=True)
 
     for key in ("torch", "cuda", "cudnn", "nccl", "driver") if ctx.cuda else ("torch",):
         ck.check(f"{key} version read", info.get(key) not in (None, ""), info.get(key))
-    ck.check("fp32 math with TF32 off is IEEE fp32 (convolution and matrix product within 1e-5 of float64)",
-             max(probe["tf32_off"].values()) < 1e-5, probe["tf32_off"], "< 1e-5")
-    if ctx.cuda and torch.cuda.get_device_capability(dev)[0] >= 8:
-        # the probe must tell the modes apart, or its IEEE reading above proves nothing
-        ck.check("TF32 on is measurably coarser (tensor cores in use)", min(probe["tf32_on"].values()) > 1e-5,
-                 probe["tf32_on"], "> 1e-5 (about 1e-3)")
-    as_found = "TF32" if max(probe["as_found"].values()) > 1e-5 else "IEEE"
-    ck.note(f"fp32 as found in a fresh process computes like {as_found}: {probe['as_found']}")
+    checks, notes = A.probe_verdicts(probe, tensor_cores)
+    for what, ok, value, expect in checks:
+        ck.check(what, ok, value, expect)
+    for text in notes:
+        ck.note(text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2. smoke and 5. sanity: the training notebook through papermill
+# smoke and sanity: the training notebook through papermill
 
 def papermill(ctx: Ctx, notebook: str, params: dict, run_dir: Path, timeout: float):
     cmd = [sys.executable, "-m", "papermill", str(ROOT / "nbs" / "train.ipynb"), str(ctx.out / notebook), "--cwd",
@@ -406,31 +264,31 @@ def papermill(ctx: Ctx, notebook: str, params: dict, run_dir: Path, timeout: flo
     for k, v in params.items():
         cmd += ["-p", k, str(v)]
     print("  $ " + " ".join(cmd), flush=True)
-    return run_killable(cmd, timeout)
+    return A.run_killable(cmd, timeout, env=child_env())
 
 
-def check_notebook_run(ck: Checks, rc, output: str, run_dir: Path):
+def check_notebook_run(ck: A.Checks, rc, output: str, run_dir: Path):
     "The notebook ran to its end, wrote one completed record with finite training losses; (params, summary, rows)."
     if not ck.check("papermill ran the notebook to its end", rc == 0,
-                    "ok" if rc == 0 else f"exit {rc}: {last_line(output)}"):
+                    "ok" if rc == 0 else f"exit {rc}: {A.last_line(output)}"):
         return None
-    records = record_dirs(run_dir)
+    records = A.record_dirs(run_dir)
     if not ck.check("one run record written", len(records) == 1, [r.name for r in records]):
         return None
     path = records[0]
     params = json.loads((path / "params.json").read_text())
     summary = json.loads((path / "summary.json").read_text())
-    rows = read_csv(path / "metrics.csv")
+    rows = A.read_csv(path / "metrics.csv")
     ck.check("the run completed", summary["status"] == "completed", summary["status"])
     losses = [r["train_loss"] for r in rows]
-    ck.check("every training loss is finite", rows and all(finite(x) for x in losses), losses)
+    ck.check("every training loss is finite", rows and all(A.finite(x) for x in losses), losses)
     ck.data(record=path.name, summary=summary, provenance={k: params.get(k) for k in (
         "device", "device_name", "precision", "channels_last", "versions", "fp32_math", "cuda", "cudnn", "nccl",
         "driver", "cpu_capability", "git_commit") if k in params})
     return params, summary, rows
 
 
-def section_smoke(ctx: Ctx, ck: Checks):
+def section_smoke(ctx: Ctx, ck: A.Checks):
     ensure_cifar10(ctx)
     params = dict(profile="smoke", **ctx.cfg["smoke"])
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -438,7 +296,7 @@ def section_smoke(ctx: Ctx, ck: Checks):
         params["device"] = ctx.device
     expected = trainer_defaults(ctx.device, **ctx.cfg["smoke"])
     run_dir = ctx.tmp / "smoke-runs"
-    rc, output = papermill(ctx, SMOKE_NB, params, run_dir, ctx.cfg["limits"]["smoke"])
+    rc, output = papermill(ctx, SMOKE_NB, params, run_dir, max(1.0, ctx.left() - 5))
     got = check_notebook_run(ck, rc, output, run_dir)
     if got is None:
         return
@@ -448,18 +306,16 @@ def section_smoke(ctx: Ctx, ck: Checks):
              expected["precision"])
     ck.check("the record's layout is the default", p["channels_last"] == expected["channels_last"],
              f"channels_last={p['channels_last']}", f"channels_last={expected['channels_last']}")
-    if ctx.cuda:
-        ck.check("channels_last on this GPU", p["channels_last"] is True, p["channels_last"], True)
 
 
-def section_sanity(ctx: Ctx, ck: Checks):
+def section_sanity(ctx: Ctx, ck: A.Checks):
     ensure_cifar10(ctx)
     cfg = ctx.cfg["sanity"]
     params = dict(cfg["params"])
     if ctx.device != ("cuda" if torch.cuda.is_available() else "cpu"):
         params["device"] = ctx.device
     run_dir = ctx.tmp / "sanity-runs"
-    rc, output = papermill(ctx, SANITY_NB, params, run_dir, ctx.cfg["limits"]["sanity"])
+    rc, output = papermill(ctx, SANITY_NB, params, run_dir, max(1.0, ctx.left() - 5))
     got = check_notebook_run(ck, rc, output, run_dir)
     if got is None:
         return
@@ -479,35 +335,9 @@ def section_sanity(ctx: Ctx, ck: Checks):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3. resume
+# resume
 
-def _tensors(obj, prefix=""):
-    if torch.is_tensor(obj):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}/{i}")
-
-
-def run_differences(a: Path, b: Path) -> list:
-    """What differs between two finished records: metric rows (timing left out) and every tensor of the last
-    checkpoint's model, optimiser and random-number generators, bit for bit."""
-    timing = {"seconds", "images_per_second"}
-    rows_a, rows_b = ([{k: v for k, v in r.items() if k not in timing} for r in read_csv(p / "metrics.csv")]
-                      for p in (a, b))
-    diff = [] if rows_a == rows_b else ["metrics.csv"]
-    sa, sb = (torch.load(p / "checkpoint.pt", map_location="cpu", weights_only=False) for p in (a, b))
-    ta, tb = (dict(_tensors({k: s[k] for k in ("model", "optimizer", "rng")})) for s in (sa, sb))
-    if ta.keys() != tb.keys():
-        return diff + ["checkpoint keys"]
-    return diff + [k for k in ta if not (ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape
-                                         and torch.equal(ta[k], tb[k]))]
-
-
-def section_resume(ctx: Ctx, ck: Checks):
+def section_resume(ctx: Ctx, ck: A.Checks):
     from identity_study.train import train
     c = dict(ctx.cfg["resume"])
     stop_after = c.pop("stop_after")
@@ -528,14 +358,14 @@ def section_resume(ctx: Ctx, ck: Checks):
                  and 0 < part.summary["iterations_done"] < cfg["iterations"],
                  f"{part.status} at {part.summary['iterations_done']}")
         resumed = train(**cfg, run_dir=ctx.tmp / "resumed" / slug)
-        diff = run_differences(straight.path, resumed.path)
+        diff = A.run_differences(straight.path, resumed.path)
         ck.check(f"{name}: resumed run bit-identical to the straight one", straight.status == resumed.status ==
                  "completed" and not diff, f"{len(diff)} differences {diff[:5]}" if diff else
                  f"identical ({time.perf_counter() - t:.1f} s)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 4. ddp
+# ddp
 
 def ddp_worker(cfg: dict):
     "One rank under torchrun: initialise the group itself (so a refusal shows here), one all_reduce, then train()."
@@ -570,7 +400,7 @@ def free_port() -> int:
 
 def torchrun(ctx: Ctx, backend: str, n: int, tag: str) -> dict:
     c = dict(ctx.cfg["ddp"])
-    timeout = c.pop("timeout")
+    timeout = max(5.0, min(c.pop("timeout"), ctx.left() - 5))
     c.pop("one_process")
     run_dir, out_dir = ctx.tmp / f"ddp-{tag}" / "runs", ctx.tmp / f"ddp-{tag}" / "ranks"
     out_dir.mkdir(parents=True)
@@ -580,12 +410,12 @@ def torchrun(ctx: Ctx, backend: str, n: int, tag: str) -> dict:
            str(free_port()), os.path.abspath(__file__), "--ddp-worker", json.dumps(cfg)]
     print(f"  $ torchrun --nproc_per_node {n} ({backend})", flush=True)
     t = time.perf_counter()
-    rc, output = run_killable(cmd, timeout)
+    rc, output = A.run_killable(cmd, timeout, env=child_env())
     ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
-    return dict(rc=rc, output=output, ranks=ranks, records=record_dirs(run_dir), seconds=time.perf_counter() - t)
+    return dict(rc=rc, output=output, ranks=ranks, records=A.record_dirs(run_dir), seconds=time.perf_counter() - t)
 
 
-def section_ddp(ctx: Ctx, ck: Checks):
+def section_ddp(ctx: Ctx, ck: A.Checks):
     nccl = "nccl" if ctx.cuda else "gloo"
     if not ctx.cuda:
         ck.note("on the CPU gloo stands in for NCCL")
@@ -594,19 +424,25 @@ def section_ddp(ctx: Ctx, ck: Checks):
         ck.check(f"one {nccl} process under torchrun: group, all_reduce and run", one["rc"] == 0
                  and len(one["ranks"]) == 1 and one["ranks"][0]["all_reduce"] == 1.0
                  and one["ranks"][0]["status"] == "completed",
-                 f"{one['seconds']:.0f} s" if one["rc"] == 0 else f"exit {one['rc']}: {last_line(one['output'])}")
+                 f"{one['seconds']:.0f} s" if one["rc"] == 0 else f"exit {one['rc']}: {A.last_line(one['output'])}")
         if one["rc"] == 0:
             ck.note("with one process the trainer takes its single-process path (no DDP wrapper); the NCCL group "
                     "and its all_reduce are the worker's own")
-    two = torchrun(ctx, nccl, 2, f"{nccl}2")
+    gpus = torch.cuda.device_count() if ctx.cuda else 0
     backend = nccl
-    if two["rc"] != 0 and ctx.cuda:
+    if ctx.cuda and gpus < 2:
+        # NCCL refuses two ranks on one device (a duplicate GPU): not tried, its seconds go to the gloo run
+        ck.note(f"{gpus} GPU: two processes on gloo with CUDA tensors (NCCL needs a GPU per rank)")
+        backend = "gloo"
+    two = torchrun(ctx, backend, 2, f"{backend}2")
+    if two["rc"] != 0 and backend == "nccl":
         ck.note(f"NCCL with two processes did not run ({'timeout' if two['rc'] is None else 'refused'}: "
-                f"{last_line(two['output'])}); two processes on gloo with CUDA tensors instead")
+                f"{A.last_line(two['output'])}); two processes on gloo with CUDA tensors instead")
         two, backend = torchrun(ctx, "gloo", 2, "gloo2"), "gloo"
-    ck.data(two_process_backend=backend, two_process_gpus=torch.cuda.device_count() if ctx.cuda else 0)
+    ck.data(two_process_backend=backend, two_process_gpus=gpus)
     if not ck.check(f"two processes ({backend}) ran to the end", two["rc"] == 0 and len(two["ranks"]) == 2,
-                    f"{two['seconds']:.0f} s" if two["rc"] == 0 else f"exit {two['rc']}: {last_line(two['output'])}"):
+                    f"{two['seconds']:.0f} s" if two["rc"] == 0 else
+                    f"exit {two['rc']}: {A.last_line(two['output'])}"):
         return
     r0, r1 = two["ranks"]
     ck.check("all_reduce over two ranks", r0["all_reduce"] == r1["all_reduce"] == 3.0, r0["all_reduce"], 3.0)
@@ -622,7 +458,7 @@ def section_ddp(ctx: Ctx, ck: Checks):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 6. throughput, 7. resnet1001, 8. compile
+# compile, throughput, resnet1001
 
 def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -699,154 +535,6 @@ def endless(loader):
         yield from loader
 
 
-def section_throughput(ctx: Ctx, ck: Checks):
-    from torchvision import transforms
-
-    from identity_study.data import DeviceCifar, cifar_dataset, normalization_stats
-    from identity_study.models import resnet
-    ensure_cifar10(ctx)
-    c, dev = ctx.cfg["throughput"], ctx.device
-    bs, torch_defaults = c["batch_size"], TorchDefaults()
-    default = trainer_defaults(dev)
-    precisions = ["fp32", "bf16"]
-    tf32, why = tf32_available(dev)
-    precisions += ["tf32"] if tf32 else []
-    if why:
-        ck.note(why)
-    if ctx.cuda:
-        torch.backends.cudnn.benchmark = True        # as the trainer does on CUDA (not deterministic)
-    typical_set = cifar_dataset("cifar10", train=True)
-    images = torch.from_numpy(typical_set.data).permute(0, 3, 1, 2).contiguous()     # as load_cifar, read once
-    labels = torch.tensor(typical_set.targets, dtype=torch.int64)
-    mean, std = normalization_stats(images, "per_pixel_mean")
-    data = DeviceCifar(images, labels, dev, mean, std, augment=True, seed=0)
-    ch_mean, ch_std = normalization_stats(images, "per_channel")
-    typical_set.transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(ch_mean.flatten().tolist(), ch_std.flatten().tolist())])
-    loader = torch.utils.data.DataLoader(typical_set, batch_size=bs, shuffle=True, num_workers=c["workers"],
-                                         pin_memory=ctx.cuda, drop_last=True, persistent_workers=c["workers"] > 0)
-    typical_batches = endless(loader)
-    g = torch.Generator().manual_seed(1)
-    fixed = (torch.randn(bs, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (bs,), generator=g).to(dev))
-    base_row = dict(ctx.rows_base(), section="throughput", batch_size=bs, repeats=c["repeats"], steps=c["steps"],
-                    warmup=c["warmup"], workers=c["workers"], trainer_default=f"{default['precision']}/"
-                    f"{'channels_last' if default['channels_last'] else 'nchw'}")
-    typical_name = f"typical_w{c['workers']}"
-    for depth in c["nets"]:
-        torch.manual_seed(0)
-        net = resnet("preact", depth, "cifar10")
-        variants = {}     # name: (pipeline, precision, layout, step, batches, math setter)
-        for precision in precisions:
-            for cl in (False, True):
-                layout = "channels_last" if cl else "nchw"
-                for pipeline in ("trainer", "bare"):
-                    model = copy.deepcopy(net).to(dev, memory_format=torch.channels_last if cl else
-                                                  torch.contiguous_format)
-                    batches = (data.batch(i, bs) for i in itertools.count()) if pipeline == "trainer" else \
-                        itertools.repeat(fixed)
-                    variants[f"{pipeline}_{precision}_{layout}"] = (
-                        pipeline, precision, layout, trainer_step(model, precision, cl, dev), batches,
-                        lambda p=precision: set_math(dev, p))
-        for pipeline, batches in ((typical_name, typical_batches), ("typical_bare", itertools.repeat(fixed))):
-            variants[pipeline] = (pipeline, "fp32", "nchw", typical_step(copy.deepcopy(net).to(dev), dev), batches,
-                                  lambda: torch_defaults.restore(dev))
-        seconds = {v: [] for v in variants}
-        math_of = {}
-        for r in range(c["repeats"]):
-            for name, (_, _, _, step, batches, set_mode) in variants.items():   # interleaved: each once per repeat
-                math_of[name] = set_mode()
-                run_steps(ctx, step, batches, c["warmup"])
-                seconds[name].append(run_steps(ctx, step, batches, c["steps"]) / c["steps"])
-            print(f"  preact-{depth} repeat {r}: " + ", ".join(f"{v} {bs / s[-1]:,.0f}" for v, s in seconds.items()),
-                  flush=True)
-        rows = []
-        for name, (pipeline, precision, layout, step, batches, set_mode) in variants.items():
-            sec = seconds[name]
-            twin = name.replace("trainer_", "bare_") if pipeline == "trainer" else \
-                "typical_bare" if name == typical_name else None
-            busy = None
-            if twin:       # the data path's steps only: a bare step has no input pipeline to keep the device waiting
-                math_of[name] = set_mode()
-                busy = device_busy(ctx, step, batches, c["busy_steps"])
-            loss = step.last()
-            rows.append(dict(base_row, net=f"preact-{depth}", variant=name, pipeline=pipeline, precision=precision,
-                             layout=layout, status="ok" if finite(loss) else "nan loss",
-                             images_per_second=round(bs / statistics.median(sec), 1),
-                             ips_repeats=";".join(f"{bs / s:.1f}" for s in sec),
-                             step_ms=round(1e3 * statistics.median(sec), 3),
-                             bare_images_per_second=round(bs / statistics.median(seconds[twin]), 1) if twin else None,
-                             data_share=round(statistics.median(1 - b / f for b, f in zip(seconds[twin], sec)), 4)
-                             if twin else None,
-                             device_busy=None if busy is None else round(busy, 4),
-                             ratio_vs_typical=round(statistics.median(
-                                 t / s for t, s in zip(seconds[typical_name], sec)), 3) if pipeline in (
-                                 "trainer", typical_name) else None,
-                             fp32_math=math_of[name]))
-        append_csv(ctx.out / THROUGHPUT_CSV, rows)
-        print(table(rows, ["variant", "images_per_second", "data_share", "device_busy", "ratio_vs_typical",
-                           "status"]), flush=True)
-        ck.check(f"preact-{depth}: every variant's loss finite", all(r["status"] == "ok" for r in rows),
-                 [r["variant"] for r in rows if r["status"] != "ok"] or f"{len(rows)} variants")
-        head = next(r for r in rows if r["variant"] == f"trainer_{default['precision']}_"
-                    f"{'channels_last' if default['channels_last'] else 'nchw'}")
-        ck.data(**{f"preact-{depth}": dict(trainer_default=head["variant"], images_per_second=head[
-            "images_per_second"], ratio_vs_typical=head["ratio_vs_typical"], device_busy=head["device_busy"],
-            typical_images_per_second=next(r for r in rows if r["variant"] == typical_name)["images_per_second"])})
-        if ctx.cuda:
-            ck.check(f"preact-{depth}: GPU busy share of the trainer's default measured",
-                     head["device_busy"] is not None and 0 < head["device_busy"] <= 1.05, head["device_busy"],
-                     "in (0, 1]")
-        del variants
-
-
-def section_resnet1001(ctx: Ctx, ck: Checks):
-    from identity_study.models import resnet
-    from identity_study.train import autocast_for, train_step
-    c, dev = ctx.cfg["resnet1001"], ctx.device
-    cl = trainer_defaults(dev)["channels_last"]
-    memory_format = torch.channels_last if cl else torch.contiguous_format
-    if ctx.cuda:
-        torch.backends.cudnn.benchmark = True
-    bs = c["batch_size"]
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(bs, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (bs,), generator=g).to(dev)
-    base_row = dict(ctx.rows_base(), section="resnet1001", pipeline="bare", batch_size=bs, steps=c["steps"],
-                    warmup=c["warmup"], layout="channels_last" if cl else "nchw")
-    def measure(row: dict, precision: str) -> str:
-        "Warm-up and timed steps of one configuration into `row`; returns what its check reports."
-        row["fp32_math"] = set_math(dev, precision)
-        torch.manual_seed(0)
-        model = resnet(row["net"].split("-")[0], c["depth"], "cifar10").to(dev, memory_format=memory_format)
-        opt, autocast, losses = sgd(model), autocast_for(dev, precision), []
-        if ctx.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-
-        def step(a, b):
-            losses.append(train_step(model, opt, a, b, autocast, memory_format)[1])
-        run_steps(ctx, step, itertools.repeat((x, y)), c["warmup"])
-        sec = run_steps(ctx, step, itertools.repeat((x, y)), c["steps"]) / c["steps"]
-        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if ctx.cuda else None
-        row.update(status="ok" if all(finite(v.item()) for v in losses) else "nan loss", step_ms=round(1e3 * sec, 2),
-                   images_per_second=round(bs / sec, 1), peak_gib=None if peak is None else round(peak, 2),
-                   projected_64k_h=round(PAPER_ITERATIONS * sec / 3600, 2))
-        return f"{1e3 * sec:.0f} ms/step, peak {row['peak_gib']} GiB, 64k iterations {row['projected_64k_h']} h"
-
-    for unit in ("preact", "original"):
-        for precision in ("fp32", "bf16"):
-            name = f"{unit}-{c['depth']} {precision}"
-            row = dict(base_row, net=f"{unit}-{c['depth']}", variant=precision, precision=precision)
-            try:
-                what = measure(row, precision)
-                ck.check(f"{name}: {bs} images per step fit and train with finite losses", row["status"] == "ok",
-                         what)
-            except torch.cuda.OutOfMemoryError as e:
-                row.update(status="oom", note=str(e).splitlines()[0][:300])
-                ck.check(f"{name}: fits in the GPU's memory", False, row["note"])
-            append_csv(ctx.out / THROUGHPUT_CSV, [row])
-
-
 class DynamoWatch(logging.Handler):
     """Counts, from torch's own logs, the recompilations, the recompile-limit hits (a code object over the limit
     runs eagerly from then on, with one warning only) and the graphs CUDA graphs skipped."""
@@ -881,10 +569,10 @@ def compiled(model, mode: str, backend: str):
         return model
     if mode == "model-cudagraphs":
         return torch.compile(model, mode="reduce-overhead")
-    return torch.compile(model, backend=backend)
+    return torch.compile(model, backend=backend)       # what the trainer's compile=True does
 
 
-def section_compile(ctx: Ctx, ck: Checks):
+def section_compile(ctx: Ctx, ck: A.Checks):
     from identity_study.models import resnet
     from identity_study.train import autocast_for, train_step
     c, dev = ctx.cfg["compile"], ctx.device
@@ -895,20 +583,26 @@ def section_compile(ctx: Ctx, ck: Checks):
     memory_format = torch.channels_last if cl else torch.contiguous_format
     if ctx.cuda:
         torch.backends.cudnn.benchmark = True
-    fp32_math = set_math(dev, precision)
+    fp32_math = A.set_math(dev, precision)
     autocast = autocast_for(dev, precision)
     bs, k = c["batch_size"], c["agree_steps"]
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randn(bs, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (bs,), generator=g).to(dev))
                for _ in range(k)]
     base_row = dict(ctx.rows_base(), section="compile", pipeline="bare", batch_size=bs, precision=precision,
-                    layout="channels_last" if cl else "nchw", steps=c["steps"], fp32_math=fp32_math)
-    for mode, depth in c["configs"]:
+                    layout=layout_name(cl), steps=c["steps"], fp32_math=fp32_math)
+    rows = [r.strip() for r in ctx.args.compile_rows.split(",")] if ctx.args.compile_rows else list(COMPILE_ROWS)
+    for mode, depth in [(m, d) for m, d in c["configs"] if m in rows]:
         name = f"preact-{depth} {mode}"
         row = dict(base_row, net=f"preact-{depth}", variant=mode)
         if mode == "model-cudagraphs" and not ctx.cuda:
             ck.note(f"{name}: CUDA graphs need a GPU; not run here")
             continue
+        if ctx.left() < c["min_row_s"]:
+            ck.note(f"{name}: not started, {ctx.left():.0f} s of the section left (`--only compile "
+                    f"--compile-rows {mode}` runs it alone)")
+            continue
+        t_row = time.monotonic()
         torch.manual_seed(0)
         net = resnet("preact", depth, "cifar10").to(dev, memory_format=memory_format)
 
@@ -928,13 +622,14 @@ def section_compile(ctx: Ctx, ck: Checks):
             sec = run_steps(ctx, step, itertools.repeat(batches[0]), c["steps"]) / c["steps"]
         le, lc = ([v.item() for v in ls[:k]] for ls in (eager_losses, losses))
         rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lc))
-        row.update(status="ok" if all(map(finite, lc)) else "nan loss", images_per_second=round(bs / sec, 1),
+        row.update(status="ok" if all(map(A.finite, lc)) else "nan loss", images_per_second=round(bs / sec, 1),
                    step_ms=round(1e3 * sec, 3), compile_s=round(max(0.0, first_s - k * sec), 1),
+                   row_s=round(time.monotonic() - t_row, 1), eager_images_per_second=round(bs / eager_s, 1),
                    speedup_vs_eager=round(eager_s / sec, 3), loss_max_rel_diff=f"{rel:.2e}",
                    recompiles=watch.recompiles, recompile_limit_hits=watch.limit_hits,
                    unique_graphs=watch.unique_graphs, cudagraph_skips=watch.cudagraph_skips,
                    note="" if backend == "inductor" else f"backend {backend}")
-        append_csv(ctx.out / THROUGHPUT_CSV, [row])
+        append_csv(ctx.out / THROUGHPUT_CSV, [row])           # each row the moment it is measured
         print(f"  {name}: compile {row['compile_s']} s, {row['images_per_second']:,.0f} img/s "
               f"({row['speedup_vs_eager']}x eager), {watch.recompiles} recompiles, {watch.unique_graphs} graphs, "
               f"{watch.limit_hits} recompile-limit hits, {watch.cudagraph_skips} CUDA-graph skips", flush=True)
@@ -943,69 +638,198 @@ def section_compile(ctx: Ctx, ck: Checks):
         ck.check(f"{name}: no code object fell back to eager at the recompile limit", watch.limit_hits == 0,
                  f"{watch.recompiles} recompiles, {watch.limit_hits} limit hits (recompile_limit "
                  f"{torch._dynamo.config.recompile_limit})")
+        ck.data(**{name: dict(images_per_second=row["images_per_second"], compile_s=row["compile_s"],
+                              row_s=row["row_s"])})
         del net, step, eager_step
 
 
-SECTION_FUNCTIONS = dict(env=section_env, smoke=section_smoke, resume=section_resume, ddp=section_ddp,
-                         sanity=section_sanity, throughput=section_throughput, resnet1001=section_resnet1001,
-                         compile=section_compile)
+def section_throughput(ctx: Ctx, ck: A.Checks):
+    from torchvision import transforms
+
+    from identity_study.data import DeviceCifar, cifar_dataset, normalization_stats
+    from identity_study.models import resnet
+    ensure_cifar10(ctx)
+    c, dev = ctx.cfg["throughput"], ctx.device
+    bs, torch_defaults = c["batch_size"], A.TorchDefaults()
+    default = trainer_defaults(dev)
+    precisions = ["fp32", "bf16"]
+    tf32, why = tf32_available(dev)
+    precisions += ["tf32"] if tf32 else []
+    if why:
+        ck.note(why)
+    if ctx.cuda:
+        torch.backends.cudnn.benchmark = True        # as the trainer does on CUDA (not deterministic)
+    typical_set = cifar_dataset("cifar10", train=True)
+    images = torch.from_numpy(typical_set.data).permute(0, 3, 1, 2).contiguous()     # as load_cifar, read once
+    labels = torch.tensor(typical_set.targets, dtype=torch.int64)
+    mean, std = normalization_stats(images, "per_pixel_mean")
+    data = DeviceCifar(images, labels, dev, mean, std, augment=True, seed=0)
+    ch_mean, ch_std = normalization_stats(images, "per_channel")
+    typical_set.transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(ch_mean.flatten().tolist(), ch_std.flatten().tolist())])
+    loader = torch.utils.data.DataLoader(typical_set, batch_size=bs, shuffle=True, num_workers=c["workers"],
+                                         pin_memory=ctx.cuda, drop_last=True, persistent_workers=c["workers"] > 0)
+    typical_batches = endless(loader)
+    g = torch.Generator().manual_seed(1)
+    fixed = (torch.randn(bs, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (bs,), generator=g).to(dev))
+    default_variant = f"trainer_{default['precision']}_{layout_name(default['channels_last'])}"
+    fp32_layout = layout_name(trainer_defaults(dev, precision="fp32")["channels_last"])
+    base_row = dict(ctx.rows_base(), section="throughput", batch_size=bs, repeats=c["repeats"], steps=c["steps"],
+                    warmup=c["warmup"], workers=c["workers"], trainer_default=default_variant)
+    typical_math = A.typical_variants(c["workers"], tf32)
+    typical_name = f"typical_w{c['workers']}"
+    first_net_s = None
+    for depth in c["nets"]:
+        if first_net_s is not None and ctx.left() < 1.2 * first_net_s:
+            ck.note(f"preact-{depth} not measured: {ctx.left():.0f} s of the section left, and the first net took "
+                    f"{first_net_s:.0f} s")
+            continue
+        t_net = time.monotonic()
+        torch.manual_seed(0)
+        net = resnet("preact", depth, "cifar10")
+        variants = {}     # name: (pipeline, precision, layout, step, batches, math setter)
+        for precision in precisions:
+            for cl in (False, True):
+                for pipeline in ("trainer", "bare"):
+                    model = copy.deepcopy(net).to(dev, memory_format=torch.channels_last if cl else
+                                                  torch.contiguous_format)
+                    batches = (data.batch(i, bs) for i in itertools.count()) if pipeline == "trainer" else \
+                        itertools.repeat(fixed)
+                    variants[f"{pipeline}_{precision}_{layout_name(cl)}"] = (
+                        pipeline, precision, layout_name(cl), trainer_step(model, precision, cl, dev), batches,
+                        lambda p=precision: A.set_math(dev, p))
+        # the typical pipeline as a fresh process runs it (torch's defaults), and under the trainer rows' fp32 math
+        for name, mode in typical_math.items():
+            setter = (lambda: torch_defaults.restore(dev)) if mode == "defaults" else \
+                (lambda m=mode: A.set_math(dev, "fp32" if m == "ieee" else "tf32"))
+            variants[name] = ("typical", "fp32", "nchw", typical_step(copy.deepcopy(net).to(dev), dev),
+                              typical_batches, setter)
+        variants["typical_bare"] = ("typical_bare", "fp32", "nchw", typical_step(copy.deepcopy(net).to(dev), dev),
+                                    itertools.repeat(fixed), lambda: torch_defaults.restore(dev))
+        seconds = {v: [] for v in variants}
+        math_of = {}
+        for r in range(c["repeats"]):
+            for name, (_, _, _, step, batches, set_mode) in variants.items():   # interleaved: each once per repeat
+                math_of[name] = set_mode()
+                run_steps(ctx, step, batches, c["warmup"])
+                seconds[name].append(run_steps(ctx, step, batches, c["steps"]) / c["steps"])
+            print(f"  preact-{depth} repeat {r}: " + ", ".join(f"{v} {bs / s[-1]:,.0f}" for v, s in seconds.items()),
+                  flush=True)
+        ratios = A.pipeline_ratios(seconds, {v: dict(pipeline=x[0], precision=x[1]) for v, x in variants.items()},
+                                   c["workers"])
+        rows = []
+        for name, (pipeline, precision, layout, step, batches, set_mode) in variants.items():
+            sec = seconds[name]
+            twin = name.replace("trainer_", "bare_") if pipeline == "trainer" else \
+                "typical_bare" if name == typical_name else None
+            busy = None
+            if twin:       # the data path's steps only: a bare step has no input pipeline to keep the device waiting
+                math_of[name] = set_mode()
+                busy = device_busy(ctx, step, batches, c["busy_steps"])
+            loss = step.last()
+            rows.append(dict(base_row, net=f"preact-{depth}", variant=name, pipeline=pipeline, precision=precision,
+                             layout=layout, status="ok" if A.finite(loss) else "nan loss",
+                             images_per_second=round(bs / statistics.median(sec), 1),
+                             ips_repeats=";".join(f"{bs / s:.1f}" for s in sec),
+                             step_ms=round(1e3 * statistics.median(sec), 3),
+                             bare_images_per_second=round(bs / statistics.median(seconds[twin]), 1) if twin else None,
+                             data_share=round(statistics.median(1 - b / f for b, f in zip(seconds[twin], sec)), 4)
+                             if twin else None,
+                             device_busy=None if busy is None else round(busy, 4),
+                             **ratios.get(name, dict(ratio_same_math=None, same_math_typical=None,
+                                                     ratio_vs_typical_defaults=None)),
+                             fp32_math=math_of[name]))
+        append_csv(ctx.out / THROUGHPUT_CSV, rows)
+        print(table(rows, ["variant", "images_per_second", "data_share", "device_busy", "ratio_same_math",
+                           "ratio_vs_typical_defaults", "status"]), flush=True)
+        ck.check(f"preact-{depth}: every variant's loss finite", all(r["status"] == "ok" for r in rows),
+                 [r["variant"] for r in rows if r["status"] != "ok"] or f"{len(rows)} variants")
+        by = {r["variant"]: r for r in rows}
+        head, dflt = by[f"trainer_fp32_{fp32_layout}"], by[default_variant]
+        # the headline: the trainer's pipeline against the typical one at the same arithmetic (IEEE fp32, each in
+        # its default layout); the default's ratio against the typical script as it runs (torch's defaults) apart
+        ck.data(**{f"preact-{depth}": dict(
+            headline=dict(variant=head["variant"], images_per_second=head["images_per_second"],
+                          against=head["same_math_typical"], ratio_same_math=head["ratio_same_math"]),
+            trainer_default=dict(variant=default_variant, images_per_second=dflt["images_per_second"],
+                                 ratio_vs_typical_defaults=dflt["ratio_vs_typical_defaults"],
+                                 device_busy=dflt["device_busy"]),
+            typical_images_per_second={v: by[v]["images_per_second"] for v in typical_math})})
+        ck.check(f"preact-{depth}: the headline ratio compares the same fp32 math",
+                 head["ratio_same_math"] is not None and head["same_math_typical"] == f"typical_w{c['workers']}_ieee",
+                 f"{head['variant']} / {head['same_math_typical']}: {head['ratio_same_math']}")
+        if ctx.cuda:
+            ck.check(f"preact-{depth}: GPU busy share of the trainer's default measured",
+                     dflt["device_busy"] is not None and 0 < dflt["device_busy"] <= 1.05, dflt["device_busy"],
+                     "in (0, 1]")
+        del variants
+        if first_net_s is None:
+            first_net_s = time.monotonic() - t_net
+
+
+def section_resnet1001(ctx: Ctx, ck: A.Checks):
+    from identity_study.models import resnet
+    from identity_study.train import autocast_for, train_step
+    c, dev = ctx.cfg["resnet1001"], ctx.device
+    if ctx.cuda:
+        torch.backends.cudnn.benchmark = True
+    bs = c["batch_size"]
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(bs, 3, 32, 32, generator=g).to(dev), torch.randint(0, 10, (bs,), generator=g).to(dev)
+    base_row = dict(ctx.rows_base(), section="resnet1001", pipeline="bare", batch_size=bs, steps=c["steps"],
+                    warmup=c["warmup"])
+
+    def measure(row: dict, precision: str, cl: bool) -> str:
+        """Warm-up and timed steps of one configuration into `row`; returns what its check reports. The peak is
+        reset after the warm-up, so that cuDNN's autotuning workspace (cudnn.benchmark, first steps only) is in
+        `peak_warmup_gib` and not in `peak_gib`: every configuration's peak then measures the same thing."""
+        memory_format = torch.channels_last if cl else torch.contiguous_format
+        row["fp32_math"] = A.set_math(dev, precision)
+        torch.manual_seed(0)
+        model = resnet(row["net"].split("-")[0], c["depth"], "cifar10").to(dev, memory_format=memory_format)
+        opt, autocast, losses = sgd(model), autocast_for(dev, precision), []
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        def step(a, b):
+            losses.append(train_step(model, opt, a, b, autocast, memory_format)[1])
+        run_steps(ctx, step, itertools.repeat((x, y)), c["warmup"])
+        if ctx.cuda:
+            row["peak_warmup_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats(dev)
+        sec = run_steps(ctx, step, itertools.repeat((x, y)), c["steps"]) / c["steps"]
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if ctx.cuda else None
+        row.update(status="ok" if all(A.finite(v.item()) for v in losses) else "nan loss",
+                   step_ms=round(1e3 * sec, 2), images_per_second=round(bs / sec, 1),
+                   peak_gib=None if peak is None else round(peak, 2),
+                   projected_64k_h=round(PAPER_ITERATIONS * sec / 3600, 2))
+        return f"{1e3 * sec:.0f} ms/step, peak {row['peak_gib']} GiB, 64k iterations {row['projected_64k_h']} h"
+
+    for unit in ("preact", "original"):
+        for precision in ("fp32", "bf16"):
+            cl = trainer_defaults(dev, precision=precision)["channels_last"]     # the trainer's layout for it
+            name = f"{unit}-{c['depth']} {precision}"
+            row = dict(base_row, net=f"{unit}-{c['depth']}", variant=precision, precision=precision,
+                       layout=layout_name(cl))
+            try:
+                what = measure(row, precision, cl)
+                ck.check(f"{name}: {bs} images per step fit and train with finite losses", row["status"] == "ok",
+                         what)
+            except torch.cuda.OutOfMemoryError as e:
+                row.update(status="oom", note=str(e).splitlines()[0][:300])
+                ck.check(f"{name}: fits in the GPU's memory", False, row["note"])
+            append_csv(ctx.out / THROUGHPUT_CSV, [row])
+
+
+SECTION_FUNCTIONS = dict(env=section_env, compile=section_compile, throughput=section_throughput,
+                         resnet1001=section_resnet1001, smoke=section_smoke, sanity=section_sanity,
+                         resume=section_resume, ddp=section_ddp)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the driver
-
-def _section_child(name: str, args, result: Path, tmp: str, log: Path):
-    "The body of a section's process: its own session (so that a timeout kills all it started), output to the log."
-    os.setsid()
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.stdout.reconfigure(line_buffering=True)
-    args = argparse.Namespace(**{**vars(args), "tmp": tmp})
-    ck = Checks(name, result)
-    print(f"{name} on {args.device}{' (tiny)' if args.tiny else ''}", flush=True)
-    try:
-        SECTION_FUNCTIONS[name](Ctx(args), ck)
-        ck.finish()
-    except Exception as e:
-        traceback.print_exc()
-        ck.finish(error=f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500])
-
-
-def run_section(name: str, args, limit: float) -> dict:
-    """Section `name` in a process of its own (its own CUDA context, flags and allocator), killed at `limit` seconds.
-    Forked from this process, which has imported torch and the package but never touched CUDA: a fresh interpreter
-    would spend seconds of every section importing them again."""
-    import multiprocessing
-    out = Path(args.out)
-    with tempfile.TemporaryDirectory(prefix=f"gpu-acceptance-{name}-", ignore_cleanup_errors=True) as tmp:
-        result = Path(tmp) / "result.json"
-        t, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        with open(out / LOG, "a") as log:
-            log.write(f"\n===== {name} (limit {limit:.0f} s) {time.strftime('%H:%M:%S')}\n")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        proc = multiprocessing.get_context("fork").Process(target=_section_child,
-                                                           args=(name, args, result, tmp, out / LOG))
-        proc.start()
-        proc.join(timeout=limit)
-        status = None
-        if proc.is_alive():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.join()
-            status = "timeout"
-        res = json.loads(result.read_text()) if result.exists() else dict(section=name, checks=[], notes=[])
-        now = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # the CPU time of the section and of the processes it waited for (papermill's kernel, torchrun's ranks)
-        res["cpu_s"] = round(now.ru_utime + now.ru_stime - cpu.ru_utime - cpu.ru_stime, 1)
-        res["seconds"], res["limit_s"] = round(time.monotonic() - t, 1), round(limit)
-        if status:
-            res.update(status=status, error=f"killed at its time limit ({limit:.0f} s); the checks above are "
-                                            "those it finished")
-        elif res.get("status") in (None, "running"):
-            res.update(status="error", error=f"exit status {proc.exitcode} without a result (see {LOG})")
-        return res
-
 
 def summary_line(name: str, res: dict) -> str:
     checks = res.get("checks", [])
@@ -1015,6 +839,35 @@ def summary_line(name: str, res: dict) -> str:
             f"{sum(c['ok'] for c in checks)}/{len(checks)} checks  {what}")
 
 
+def commit() -> str:
+    "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told."
+    sha = _git("rev-parse", "HEAD")
+    return sha + ("-dirty" if sha and _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def attempt_provenance(argv: list, args, budget: float) -> dict:
+    "Who ran this invocation, where and with what: read without creating a CUDA context in the driver."
+    import platform
+
+    import torchvision
+    return dict(command=" ".join(["gpu_acceptance.py", *argv]), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                device=args.device, tiny=args.tiny, budget_s=budget, hostname=platform.node(),
+                gpu=gpu_name_without_cuda_init() if args.device.startswith("cuda") else "",
+                python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                cuda=torch.version.cuda or "", git_commit=commit() or os.environ.get("IDENTITY_STUDY_COMMIT", ""))
+
+
+def plan(only, cfg: dict, budget: float) -> dict:
+    "The limits the sections get when each one takes its reserve: the budget as planned."
+    order, left, rows = [s for s in SECTIONS if s in only], budget, []
+    for name in order:
+        limit = A.section_limit(name, order, cfg["caps"], cfg["reserves"], left)
+        rows.append(dict(section=name, reserve_s=cfg["reserves"][name], cap_s=cfg["caps"][name],
+                         limit_s=round(limit, 1), starts_at_s=round(budget - left, 1)))
+        left -= min(cfg["reserves"][name], limit)
+    return dict(budget_s=budget, reserved_s=sum(r["reserve_s"] for r in rows), spare_s=round(left, 1), sections=rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="gpu-acceptance", help="output folder (at most 7 files)")
@@ -1022,49 +875,70 @@ def main(argv=None) -> int:
                                    "in --out are kept")
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     ap.add_argument("--tiny", action="store_true", help="every section at toy size (a dry run, e.g. on a CPU)")
-    ap.add_argument("--budget-s", type=float, help="wall-time budget of all sections (465 s; tiny: 400 s)")
+    ap.add_argument("--budget-s", type=float, help="wall-time budget of all sections (540 s; tiny: 400 s)")
+    ap.add_argument("--compile-rows", help=f"the compile section's rows ({','.join(COMPILE_ROWS)}; default all)")
     ap.add_argument("--compact", default=str(ROOT / ".gpu_data"),
                     help="folder with make_torchvision_layout.py and compact/cifar10, used when CIFAR-10 is missing")
+    ap.add_argument("--print-command", action="store_true",
+                    help="print the one command of a lent GPU machine, with this checkout's commit, and exit")
+    ap.add_argument("--plan", action="store_true",
+                    help="print, as JSON, each section's reserve (expected seconds on an H100), cap, and the limit it "
+                         "gets when every section before it takes its reserve; then exit")
     ap.add_argument("--ddp-worker", help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
     if args.ddp_worker:
         ddp_worker(json.loads(args.ddp_worker))
         return 0
+    if args.print_command:
+        print(f'IDENTITY_STUDY_COMMIT={commit() or "unknown"} bash benchmarks/gpu_first_run.sh "$OUT"')
+        return 0
     only = SECTIONS if not args.only else tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    bad_rows = [r for r in (args.compile_rows or "").split(",") if r.strip() and r.strip() not in COMPILE_ROWS]
+    if bad_rows:
+        ap.error(f"unknown compile row {bad_rows[0]!r}; valid rows: {', '.join(COMPILE_ROWS)}")
     cfg = TINY if args.tiny else FULL
     budget = args.budget_s or cfg["budget_s"]
+    if args.plan:
+        print(json.dumps(plan(only, cfg, budget), indent=1))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget
     path = out / CHECKS_JSON
     state = json.loads(path.read_text()) if path.exists() else {}
-    previous = state.get("sections", {})
-    state = dict(command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                 device=args.device, tiny=args.tiny, budget_s=budget, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 sections=previous)
-    print(f"GPU acceptance on {args.device}{' (tiny)' if args.tiny else ''}: {', '.join(only)}; budget {budget:.0f} s;"
+    # provenance per attempt: every invocation into this folder is listed, and each section names the one that ran it
+    attempts = state.get("attempts", []) + [attempt_provenance(argv, args, budget)]
+    state = dict(state, attempts=attempts, sections=state.get("sections", {}))
+    order = [s for s in SECTIONS if s in only]
+    print(f"GPU acceptance on {args.device}{' (tiny)' if args.tiny else ''}: {', '.join(order)}; budget {budget:.0f} s;"
           f" output {out}", flush=True)
-    for name in SECTIONS:
-        if name not in only:
-            continue
+    for name in order:
         left = deadline - time.monotonic()
-        limit = min(cfg["limits"][name], left)
-        res = (run_section(name, args, limit) if limit >= MIN_SECTION_S else
-               dict(section=name, status="skipped", checks=[], notes=[], seconds=0.0,
-                    error=f"time budget spent ({left:.0f} s left)"))
+        limit = A.section_limit(name, order, cfg["caps"], cfg["reserves"], left)
+        if limit >= MIN_SECTION_S:
+            def target(ck, tmp, name=name, limit=limit, start=time.monotonic()):
+                run_args = argparse.Namespace(**vars(args))
+                print(f"{name} on {args.device}{' (tiny)' if args.tiny else ''}", flush=True)
+                SECTION_FUNCTIONS[name](Ctx(run_args, tmp, start + limit), ck)
+            res = A.run_section(name, target, limit, out / LOG)
+        else:
+            res = dict(section=name, status="skipped", checks=[], notes=[], seconds=0.0,
+                       error=f"time budget spent ({left:.0f} s left)")
+        res["attempt"] = len(attempts) - 1
         state["sections"][name] = res
         state["sections"] = {s: state["sections"][s] for s in SECTIONS if s in state["sections"]}
         state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write_json(path, state)
+        A.write_json(path, state)
         line = summary_line(name, res)
         print(line, flush=True)
         with open(out / LOG, "a") as log:
             log.write(line + "\n")
-    ran = [state["sections"][s] for s in only]
+    ran = [state["sections"][s] for s in order]
     print(f"\n{sum(r['status'] == 'ok' for r in ran)}/{len(ran)} sections ok; results in {path}", flush=True)
     return 0 if all(r["status"] == "ok" for r in ran) else 1
 

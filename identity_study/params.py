@@ -229,13 +229,15 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def resolve_channels_last(channels_last, device: str, precision: str) -> bool:
     """'auto': channels-last on CPUs (oneDNN's convolutions are faster in it, in fp32 as in bf16, on AVX2 and on
-    AVX-512 BF16 CPUs alike: `benchmarks/cpu_throughput.py --layouts`) and on GPUs with tensor cores; NCHW on older
-    GPUs in fp32, where cuDNN's fastest kernels are NCHW ones."""
+    AVX-512 BF16 CPUs alike: `benchmarks/cpu_throughput.py --layouts`) and on GPUs in bf16 and tf32, whose tensor-core
+    convolutions cuDNN computes in channels-last; NCHW for IEEE fp32 on a GPU, which runs no tensor cores and whose
+    cuDNN kernels are NCHW ones. The GPU choices are a guess until the first GPU measurement (the throughput section
+    of `benchmarks/gpu_acceptance.py` times both layouts in every precision)."""
     channels_last = PARAMS["channels_last"].check(channels_last)
     if channels_last != "auto":
         return channels_last
     if device.startswith("cuda"):
-        return precision in ("bf16", "tf32") or torch.cuda.get_device_capability(device)[0] >= 7
+        return precision in ("bf16", "tf32")
     return True
 
 # %% ../nbs/05_params.ipynb #8203ef12

@@ -363,7 +363,12 @@ def provenance(device: str, plugins=()) -> dict:
             return ""
     import numpy
     import torchvision
-    return dict(git_commit=git("rev-parse", "HEAD") or None, git_dirty=bool(git("status", "--porcelain")),
+    commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    if not commit:
+        # a copy of the tree without .git (a lent GPU machine's) is told its commit: COMMIT, or COMMIT-dirty
+        told = os.environ.get("IDENTITY_STUDY_COMMIT", "")
+        commit, dirty = told.removesuffix("-dirty"), told.endswith("-dirty")
+    return dict(git_commit=commit or None, git_dirty=dirty,
                 versions=dict(python=platform.python_version(), torch=torch.__version__,
                               torchvision=torchvision.__version__, numpy=numpy.__version__,
                               identity_study=identity_study.__version__),

@@ -304,7 +304,8 @@ def slurm_states(job_ids) -> dict:
 
 
 def slurm_execution(opts: dict, overrides: dict | None = None) -> dict:
-    "What a Slurm sweep fixes in every run: the precision the login node can decide, the device, the CPU threads."
+    """What a Slurm sweep fixes in every run: the precision the login node can decide, the device, the CPU threads,
+    and the loader processes of each task of a multi-process run."""
     # the default (fp32) means the same on every node; 'auto' would be decided by the node that trains
     precision = (overrides or {}).get("precision") or opts.get("precision") or PARAMS["precision"].default
     if precision == "auto":
@@ -316,6 +317,11 @@ def slurm_execution(opts: dict, overrides: dict | None = None) -> dict:
     extra = dict(precision=precision, device="cuda" if opts["gpus"] else "cpu")
     if not opts["gpus"]:
         extra["threads"] = opts["cpus_per_run"]
+    if opts["distributed"]:
+        # every process of the job is a Slurm task bound to its own --cpus-per-task CPUs, which the loader's default
+        # (data.default_workers: the CPUs of this process / LOCAL_WORLD_SIZE) would divide by the tasks a second
+        # time: the ImageNet loader processes per task said here (an execution parameter, not in the run id)
+        extra["workers"] = max(1, min(8, opts["cpus_per_run"]))
     return extra
 
 

@@ -107,6 +107,12 @@ def test_channels_last_auto_on_the_cpu(given, expected):
     assert resolve_params(device="cpu", channels_last=given)["channels_last"] is expected
 
 
+@pytest.mark.parametrize("precision,expected", [("fp32", False), ("bf16", True), ("tf32", True)])
+def test_channels_last_auto_on_a_gpu_follows_the_tensor_cores(fake_gpu_host, precision, expected):
+    "IEEE fp32 runs no tensor cores, so NCHW (a guess until the first GPU measurement); bf16 and tf32 channels-last."
+    assert resolve_params(device="cuda", precision=precision)["channels_last"] is expected
+
+
 def test_bad_fast_path_values_name_the_choices():
     with pytest.raises(ValueError, match=r"unknown precision 'half'; valid choices: auto, fp32, bf16"):
         resolve_params(precision="half")

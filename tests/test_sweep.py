@@ -209,3 +209,11 @@ def test_a_planted_result_pickle_runs_nothing(tmp_path, monkeypatch, state, outc
         assert "error" not in row
     pickle.loads(payload)                   # the control: unpickled, the planted file does run its code
     assert marker.exists()
+
+
+def test_a_multi_process_slurm_run_gives_each_task_its_own_cpus_as_loader_workers():
+    "Slurm binds each task to its --cpus-per-task CPUs: the loader's default would divide them by the tasks again."
+    from identity_study.sweep_slurm import slurm_execution, slurm_options
+    assert slurm_execution(slurm_options(nodes=1, tasks_per_node=4, cpus_per_run=6))["workers"] == 6
+    assert slurm_execution(slurm_options(gpus_per_node=2, cpus_per_run=16))["workers"] == 8      # at most 8
+    assert "workers" not in slurm_execution(slurm_options(cpus_per_run=6))                     # one process
