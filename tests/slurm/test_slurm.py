@@ -332,5 +332,8 @@ def test_a_dry_run_of_the_protocol_plans_on_slurm_what_the_local_pool_plans(work
         return re.findall(r"^\[\d+/\d+\] (\S+): missing", text, re.M)
 
     assert ids(slurm) == ids(local) and len(ids(local)) == 20, (local, slurm)
-    # a dry run trains nothing and claims nothing: no run folder, no claim (the Slurm check may make the folder itself)
-    assert not [p for p in (work / "runs").glob("*") if p.name not in (".slurm",)], list((work / "runs").iterdir())
+    # a dry run trains nothing and claims nothing: no run folder and no run's claim (the cluster check probes flock
+    # in runs/.claims before it lists anything)
+    runs = work / "runs"
+    assert not [p for p in runs.glob("*") if p.name not in (".slurm", ".claims")], list(runs.iterdir())
+    assert not list(runs.glob(".claims/*.lock")), list(runs.glob(".claims/*"))
