@@ -15,7 +15,7 @@ import identity_study
 from . import experiments
 from .experiments import TABLES, Entry
 from .params import resolve_params
-from .records import load_record
+from .records import read_summary
 
 PROTOCOL_PATH = Path("protocol") / "claims.toml"
 MAX_SEEDS = 10          # the protocol's cap on seeds per configuration (seed numbers stay below it)
@@ -120,10 +120,7 @@ def lane_hours(cfg: dict, runs_dir="runs") -> float:
     "Hours one run of `cfg` takes on one lane: the median wall time of its finished records, else the estimate."
     seconds = []
     for run_id in configuration_run_ids(cfg, range(MAX_SEEDS)):
-        try:
-            summary = load_record(Path(runs_dir) / run_id).summary
-        except (OSError, ValueError):
-            continue
+        summary = read_summary(Path(runs_dir) / run_id)     # JSON only: the sweep plans where pandas is not
         if summary.get("status") == "completed" and summary.get("wall_seconds"):
             seconds.append(float(summary["wall_seconds"]))
     return round(statistics.median(seconds) / 3600, 3) if seconds else float(cfg["lane_hours"])

@@ -45,8 +45,9 @@ __all__ = ['logger', 'EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES
            'source_fingerprint', 'module_file', 'code_fingerprint', 'recorded_code', 'code_differences',
            'RecordWriteError', 'atomic_write', 'write_json', 'write_csv', 'FileLock', 'RunLockedError', 'RunLock',
            'is_locked', 'scheduler_job', 'scheduler_log', 'note_attempt', 'end_attempt', 'RunRecord', 'load_record',
-           'read_runs', 'read_metrics', 'read_status', 'archive_record', 'provenance', 'save_checkpoint',
-           'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint', 'load_checkpoint']
+           'read_runs', 'read_metrics', 'read_summary', 'read_status', 'archive_record', 'provenance',
+           'save_checkpoint', 'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint',
+           'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
@@ -321,10 +322,7 @@ def load_record(path) -> RunRecord:
     import pandas as pd
     path = Path(path)
     params = json.loads((path / "params.json").read_text())
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
+    summary = read_summary(path)
     csv = path / "metrics.csv"
     metrics = pd.read_csv(csv) if csv.is_file() and csv.stat().st_size else pd.DataFrame(columns=METRIC_COLUMNS)
     return RunRecord(path, params, summary, metrics, scheduler_log(path))
@@ -366,12 +364,18 @@ def read_metrics(runs) -> "pd.DataFrame":
     frames = [r.metrics.assign(run_id=r.path.name) for r in runs.get("record", []) if len(r.metrics)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
 
+def read_summary(path: Path) -> dict:
+    "The summary of the run folder `path`, {} when it has no readable one (plain JSON: no pandas needed)."
+    try:
+        summary = json.loads((Path(path) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def read_status(path: Path):
     "The status in a run folder's summary, or None when there is no readable summary."
-    try:
-        return json.loads((Path(path) / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return read_summary(path).get("status")
 
 
 def archive_record(path: Path):
