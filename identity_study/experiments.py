@@ -13,7 +13,7 @@ from .params import resolve_params
 
 # %% auto #0
 __all__ = ['FAIL', 'FAIL_THRESHOLD', 'TABLE1', 'TABLE2', 'MINI_1001', 'TABLE3', 'CPU2K_DEPTHS', 'TABLE4', 'TABLE5', 'TABLES',
-           'Entry', 'configs', 'registry_frame']
+           'Entry', 'configs', 'table_entry', 'entry_run_ids', 'registry_frame']
 
 # %% ../nbs/07_experiments.ipynb #d3ad8c87
 FAIL = "fail"   # the paper's "fail": test error above 20 %
@@ -174,6 +174,37 @@ def configs(table: str, profile: str = "paper", seeds=None) -> list:
             if key not in seen:
                 seen.add(key)
                 out.append(dict(config, entry=entry))
+    return out
+
+
+def table_entry(table: str, row: str, case: str = "") -> Entry:
+    "The one entry of `table` with this `row` and `case`, as the paper prints them: the study's one entry lookup."
+    found = [e for e in TABLES[table] if e.row == row and e.case == case] if table in TABLES else []
+    if len(found) != 1:
+        rows = sorted({e.row for e in TABLES.get(table, [])})
+        raise KeyError(f"no single entry {row!r} [{case!r}] in {table!r}: its rows are {rows}")
+    return found[0]
+
+
+def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | None = None,
+                  available=None) -> list:
+    """The run ids of `entry` under `profile`, one a seed. `available`, a `records.read_runs` table: the records
+    there, each found by its own parameters (its precision read from its params.json; the first of `PRECISIONS`
+    where a seed has several). A set of run ids: those of them this machine's precision or the others give.
+    Without `available`: the ids this machine would train."""
+    import pandas as pd
+    from .params import PRECISIONS, find_records
+    overrides = overrides or {}
+    configs = [{**c, **overrides} for c in entry.run_params(profile, seeds)]
+    if isinstance(available, pd.DataFrame):
+        return [found[0] for found in find_records(available, configs) if found]
+    if available is None or "precision" in overrides:
+        ids = [resolve_params(**c)["run_id"] for c in configs]
+        return ids if available is None else [i for i in ids if i in available]
+    out = []
+    for c in configs:
+        per_precision = [resolve_params(**c, precision=prec)["run_id"] for prec in PRECISIONS]
+        out += [i for i in per_precision if i in available][:1]
     return out
 
 

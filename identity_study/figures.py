@@ -5,7 +5,6 @@
 # %% ../nbs/09_figures.ipynb #9a003e0d
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -13,73 +12,18 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .experiments import FAIL, FAIL_THRESHOLD, TABLES, Entry
-from .findings import holm  # noqa: F401 (one Holm for the study: chapter 9a's, used here and in chapter 10)
-from .params import PRECISIONS, resolve_params
-from .propagation import save_figure, unit_title, variant_title  # noqa: F401 (figures' save helper)
-from .records import METRIC_COLUMNS, TERMINAL_STATUSES
+from .experiments import (FAIL, FAIL_THRESHOLD, TABLES, Entry,  # noqa: F401 (the lookups' home)
+                                        entry_run_ids, table_entry)
+from .findings import claim_test, holm, verdict  # noqa: F401 (the study's one statistics engine, 9a)
+from .plotting import OKABE_ITO, save_figure, unit_title, variant_title  # noqa: F401 (figures' look)
+from .records import RUN_COLUMNS, TERMINAL_STATUSES, read_metrics, read_runs  # noqa: F401 (the reader)
 
 # %% auto #0
-__all__ = ['RUN_COLUMNS', 'ALPHA', 'EQUIVALENCE_MARGINS', 'OKABE_ITO', 'FIGURES', 'gather_runs', 'gather_metrics',
-           'entry_run_ids', 'table_frame', 'chance_level', 'compare_groups', 'verdict', 'loss_scale', 'series_label',
-           'curve_data', 'plot_training_curves', 'curves_caption', 'draw_figure', 'depth_figure', 'seeds_figure']
-
-# %% ../nbs/09_figures.ipynb #2264d661
-RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
-               "final_test_error", "final_train_loss", "iterations_done", "iterations", "wall_seconds"]
-
-
-def _run_folders(runs_dir):
-    root = Path(runs_dir)
-    return sorted(p for p in root.iterdir() if (p / "params.json").is_file()) if root.is_dir() else []
-
-
-def gather_runs(runs_dir="runs") -> pd.DataFrame:
-    "One row per run folder: parameters, status and final numbers."
-    rows = []
-    for path in _run_folders(runs_dir):
-        params = json.loads((path / "params.json").read_text())
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except (OSError, ValueError):
-            summary = {"status": "interrupted"}
-        flat = {k: v for k, v in params.items() if not isinstance(v, (dict, list))}
-        flat.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
-        flat["path"] = str(path)
-        rows.append(flat)
-    frame = pd.DataFrame(rows)
-    return frame.reindex(columns=list(dict.fromkeys(RUN_COLUMNS + list(frame.columns))))
-
-
-def gather_metrics(runs_dir="runs") -> pd.DataFrame:
-    "Every metrics row of every run, with the run's id."
-    frames = []
-    for path in _run_folders(runs_dir):
-        if (path / "metrics.csv").is_file():
-            m = pd.read_csv(path / "metrics.csv")
-            if len(m):
-                frames.append(m.assign(run_id=path.name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
+__all__ = ['FIGURES', 'table_frame', 'loss_scale', 'series_label', 'curve_data', 'plot_training_curves', 'curves_caption',
+           'draw_figure', 'depth_figure', 'seeds_figure']
 
 # %% ../nbs/09_figures.ipynb #a5cbae9d
-def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | None = None,
-                  available=None) -> list:
-    """The run ids of `entry` under `profile`, one a seed: among `available` (ids that exist), each seed's fp32 run,
-    else its bf16 run, else none; without `available`, the ids this machine would train."""
-    overrides = overrides or {}
-    configs = [{**c, **overrides} for c in entry.run_params(profile, seeds)]
-    if available is None or "precision" in overrides:
-        ids = [resolve_params(**c)["run_id"] for c in configs]
-        return ids if available is None else [i for i in ids if i in available]
-    out = []
-    for c in configs:
-        per_precision = [resolve_params(**c, precision=prec)["run_id"] for prec in PRECISIONS]
-        out += [i for i in per_precision if i in available][:1]
-    return out
-
-
 def _fmt_paper(value):
     if value == FAIL:
         return "fail"
@@ -99,15 +43,15 @@ def _error_of(run: pd.Series, metric: str) -> float:
 def table_frame(table: str, runs: pd.DataFrame, profile: str = "paper", seeds=range(5),
                 overrides: dict | None = None) -> pd.DataFrame:
     "Table `table` with the paper's number beside the study's median, mean ± std and number of seeds."
-    by_id = runs.set_index("run_id") if len(runs) else pd.DataFrame()
-    finished = set(by_id.index[by_id.status.isin(TERMINAL_STATUSES)]) if len(runs) else set()
+    by_id = runs.set_index("run_id", drop=False).rename_axis(None) if len(runs) else pd.DataFrame()
+    done = by_id.status.isin(TERMINAL_STATUSES) if len(runs) else []
     rows = []
     for entry in TABLES[table]:
         if profile not in entry.profiles:
             continue
-        found = [by_id.loc[i] for i in entry_run_ids(entry, profile, seeds, overrides, available=finished)]
+        found = [by_id.loc[i] for i in entry_run_ids(entry, profile, seeds, overrides, available=by_id[done])]
         errors = np.array([_error_of(r, entry.metric) for r in found], dtype=float)
-        pending = len(entry_run_ids(entry, profile, seeds, overrides, available=set(by_id.index) - finished))
+        pending = len(entry_run_ids(entry, profile, seeds, overrides, available=by_id[~done])) if len(runs) else 0
         row = dict(row=entry.row, case=entry.case, paper=_fmt_paper(entry.paper), seeds=len(found),
                    precision="+".join(sorted({r["precision"] for r in found})) or "")
         if not len(found):
@@ -127,70 +71,7 @@ def table_frame(table: str, runs: pd.DataFrame, profile: str = "paper", seeds=ra
     frame = pd.DataFrame(rows).astype(object).fillna("")   # object first: blank cells in number columns
     return frame
 
-# %% ../nbs/09_figures.ipynb #01b857bf
-ALPHA = 0.05
-# "the same" means a difference inside these margins, fixed before looking at the runs: 5 points of test error (the
-# mini runs end at 30-70 % error), and 0.1 of training loss (they end near 1.0-1.5)
-EQUIVALENCE_MARGINS = {"final_test_error": 5.0, "early_train_loss": 0.1, "final_train_loss": 0.1}
-
-
-def chance_level(metric: str, num_classes: int = 10) -> float:
-    "What a net that predicts nothing scores: the error of a guess in %, or the loss of the uniform prediction."
-    return 100 * (1 - 1 / num_classes) if "error" in metric else math.log(num_classes)
-
-
-def compare_groups(a, b, metric: str = "final_test_error", paired: bool = False, alpha: float = ALPHA,
-                   margin: float | None = None) -> dict:
-    """`a` against `b` (one value per seed; +inf, a diverged run, counts at `chance_level`): the mean difference a - b,
-    Welch's (or, for seed-matched runs, the paired) t-test of it with its (1 - alpha) interval, and the equivalence
-    test (TOST) of |a - b| < margin."""
-    a, b = (np.asarray(x, dtype=float) for x in (a, b))
-    a, b = (np.where(np.isinf(x), chance_level(metric), x) for x in (a, b))
-    margin = EQUIVALENCE_MARGINS.get(metric) if margin is None else margin
-    out = dict(metric=metric, test="paired t" if paired else "Welch t", n_a=len(a), n_b=len(b),
-               mean_a=float(a.mean()) if len(a) else np.nan, mean_b=float(b.mean()) if len(b) else np.nan, margin=margin)
-    out["difference"] = out["mean_a"] - out["mean_b"]
-    if paired and len(a) != len(b):
-        raise ValueError(f"a paired comparison needs as many values on each side, got {len(a)} and {len(b)}")
-    if min(len(a), len(b)) < 2:
-        return dict(out, ci_low=np.nan, ci_high=np.nan, p_difference=np.nan, p_equivalence=np.nan)
-    test = (lambda x, y, **kw: stats.ttest_rel(x, y, **kw)) if paired else \
-        (lambda x, y, **kw: stats.ttest_ind(x, y, equal_var=False, **kw))
-    result = test(a, b)
-    ci = result.confidence_interval(1 - alpha)
-    out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_difference=float(result.pvalue))
-    if margin is not None:
-        # TOST: difference > -margin and difference < +margin, each one-sided at alpha
-        lower = test(a + margin, b, alternative="greater").pvalue
-        upper = test(a - margin, b, alternative="less").pvalue
-        out["p_equivalence"] = float(max(lower, upper))
-    else:
-        out["p_equivalence"] = np.nan
-    return out
-
-
-def verdict(comparison: dict, claim: str, p_adjusted: float, alpha: float = ALPHA) -> str:
-    """The verdict on `claim` — "worse" (a is worse than b), "better" (a is better) or "same" — from a comparison and
-    its Holm-adjusted p-value (of the difference test for "worse"/"better", of the equivalence test for "same")."""
-    if comparison["n_a"] == 0 or comparison["n_b"] == 0:
-        return "missing"
-    if min(comparison["n_a"], comparison["n_b"]) < 2:
-        return "inconclusive (too few seeds)"
-    if claim not in ("worse", "better", "same"):
-        raise ValueError(f"unknown claim {claim!r}; valid choices: worse, better, same")
-    if np.isnan(p_adjusted) or p_adjusted >= alpha:
-        return "inconclusive"
-    if claim == "same":
-        return "reproduced"
-    d = comparison["difference"]
-    return "reproduced" if (d > 0) == (claim == "worse") else "contradicted"
-
 # %% ../nbs/09_figures.ipynb #d9b12897
-# Okabe & Ito's colours, told apart with the common colour-vision deficiencies, in the order a figure's series take
-# them: the first five differ in hue and lightness (sky blue, next to blue, and yellow, on white, come last)
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#D55E00", "#56B4E9", "#F0E442"]
-
-
 def loss_scale(values) -> str:
     "'log' where the positive finite `values` span more than a factor of ten, else 'linear'."
     # a log axis over a smaller range only squeezes it, and its ticks read like 2.6×10⁰
@@ -333,13 +214,6 @@ FIGURES = {
 }   # each panel: the (table, row, case) of Chapter 7's entries it draws, one series each
 
 
-def _entry(table, row, case) -> Entry:
-    for e in TABLES[table]:
-        if e.row == row and e.case == case:
-            return e
-    raise KeyError((table, row, case))
-
-
 def _panel_title(entries) -> str:
     "'original vs pre-activation, ResNet-1001' where the series share the net, else their labels joined."
     units, nets = zip(*map(_series_parts, entries))
@@ -357,13 +231,14 @@ def draw_figure(name: str, metrics: pd.DataFrame, runs: pd.DataFrame, profile: s
     ncols = min(2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.6 * ncols, 5.0 * nrows), squeeze=False, layout="constrained")
-    finished = set(runs.run_id[runs.status.isin(TERMINAL_STATUSES)]) if len(runs) else set()
-    labels = list(dict.fromkeys(series_label(_entry(*key)) for panel in panels for key in panel))
+    finished = runs[runs.status.isin(TERMINAL_STATUSES)].set_index("run_id", drop=False).rename_axis(None) \
+        if len(runs) else None
+    labels = list(dict.fromkeys(series_label(table_entry(*key)) for panel in panels for key in panel))
     palette = dict(zip(labels, OKABE_ITO * (len(labels) // len(OKABE_ITO) + 1)))   # one colour a series, all panels
     drawn = []
     for ax, panel in zip(axes.flat, panels):
-        entries = [_entry(*key) for key in panel]
-        parts = [curve_data(metrics, runs, entry_run_ids(e, profile, seeds, overrides, available=finished),
+        entries = [table_entry(*key) for key in panel]
+        parts = [curve_data(metrics, runs, entry_run_ids(e, profile, seeds, overrides, available=finished) if finished is not None else [],
                             series_label(e)) for e in entries]
         parts = [p for p in parts if len(p)]
         if parts:

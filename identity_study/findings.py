@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .params import PRECISIONS, resolve_params
+from .experiments import table_entry
+from .params import find_records, resolve_params
 from .protocol import (MAX_SEEDS, PROTOCOL_PATH, ProtocolError, checkout,  # noqa: F401 (the findings' names)
                                      configuration_entry, configuration_params, configuration_run_ids, load_protocol,
                                      planned_seeds)
-from .records import TERMINAL_STATUSES, code_differences, code_fingerprint
+from .records import (TERMINAL_STATUSES, RunRecord, code_differences, code_fingerprint, load_record,
+                                    read_runs)
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable at this scale")
 CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol configuration evaluates on the test split)
@@ -28,7 +30,7 @@ CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol confi
 __all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
            'descends_from', 'Judge', 'welch', 'claim_test', 'holm', 'holm_levels', 'verdict', 'configuration_runs',
            'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of', 'machine_check',
-           'within_seed_correlation', 'familywise_bound', 'series_contrasts']
+           'within_seed_correlation', 'familywise_bound', 'series_contrasts', 'first_epoch_view']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_scale(cfg: dict) -> dict:
@@ -53,17 +55,19 @@ class Record:
     rows: pd.DataFrame
 
     @classmethod
+    def of(cls, record: RunRecord) -> "Record | None":
+        "The protocol's view of a record `records.load_record` read; None when it has no summary (never finished)."
+        if not record.summary:
+            return None
+        return cls(record.path, record.params, record.summary, record.metrics)
+
+    @classmethod
     def read(cls, path) -> "Record | None":
         "The record in folder `path`, or None when it has no parameters or no summary (never started or finished)."
-        path = Path(path)
         try:
-            params = json.loads((path / "params.json").read_text())
-            summary = json.loads((path / "summary.json").read_text())
+            return cls.of(load_record(path))
         except (OSError, ValueError):
             return None
-        csv = path / "metrics.csv"
-        rows = pd.read_csv(csv) if csv.is_file() and csv.stat().st_size else pd.DataFrame(columns=["iteration"])
-        return cls(path, params, summary, rows)
 
     @property
     def diverged(self) -> bool:
@@ -268,14 +272,15 @@ def configuration_runs(name: str, judge: Judge, runs_dir) -> dict:
     """The runs of configuration `name`: those that count (`used`, its planned seeds' eligible records) and, by
     reason, the records of the same entry that do not (other precision, code, profile, seeds; before the protocol)."""
     cfg = judge.protocol["configurations"][name]
-    planned, runs_dir = planned_seeds(cfg), Path(runs_dir)
+    planned, runs = planned_seeds(cfg), _runs_table(runs_dir)
     used, unused = [], {}
     entry = configuration_entry(cfg)
     for profile in [cfg["profile"], *(p for p in entry.profiles if p not in (cfg["profile"], "smoke"))]:
-        for precision in PRECISIONS:
-            ids = configuration_run_ids(cfg, range(MAX_SEEDS), precision, profile)
-            for seed, run_id in enumerate(ids):
-                record = Record.read(runs_dir / run_id)
+        configs = [{k: v for k, v in c.items() if k != "precision"}      # each record's own precision finds it
+                   for c in configuration_params(cfg, range(MAX_SEEDS), profile=profile)]
+        for seed, folders in enumerate(find_records(runs, configs)):
+            for folder in folders:
+                record = Record.of(runs.record[folder])
                 if record is None:
                     continue
                 why = f"profile {profile}" if profile != cfg["profile"] else judge.why_not(record, name)
@@ -295,13 +300,18 @@ def _unused_text(unused: dict) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(unused.items())) or ""
 
 
+def _runs_table(runs) -> pd.DataFrame:
+    "`runs` as `records.read_runs` gives it: a runs folder is read, a table is taken as it is."
+    return runs if isinstance(runs, pd.DataFrame) else read_runs(runs)
+
+
 def gather_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> dict:
-    """Every configuration of the protocol with its runs (`configuration_runs`), each record read and checked once:
-    what `judge_claims` tests and `counted_runs` lists."""
+    """Every configuration of the protocol with its runs (`configuration_runs`), each record read (`records.read_runs`;
+    `runs_dir` may be its table) and checked once: what `judge_claims` tests and `counted_runs` lists."""
     repo = Path(repo) if repo else checkout()
     protocol = protocol or load_protocol(repo=repo)
-    judge = Judge.of(protocol, repo)
-    return {name: configuration_runs(name, judge, runs_dir) for name in protocol["configurations"]}
+    judge, runs = Judge.of(protocol, repo), _runs_table(runs_dir)
+    return {name: configuration_runs(name, judge, runs) for name in protocol["configurations"]}
 
 
 def _family_of(protocol: dict) -> dict:
@@ -535,3 +545,54 @@ def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.D
             outcome = "holds its size"
         out.loc[i, "outcome"] = outcome
     return out
+
+# %% ../nbs/09a_findings.ipynb #f1e0a002
+def first_epoch_view(runs, protocol: dict) -> tuple[pd.DataFrame, dict]:
+    """Chapter 10's first-epoch view, judged by this engine from the protocol file's `[first_epoch]` section (exploratory,
+    never counted): per configuration, one finished record a seed of its entry under the section's profile (`runs`, a
+    `records.read_runs` table or a runs folder; each record found by its own parameters, fp32 before bf16), and per
+    claim the two sides' means, Welch's test (`claim_test`, "same" at the claim's margin) and Holm over the table."""
+    section, alpha = protocol["first_epoch"], protocol["protocol"]["alpha"]
+    num_classes, profile = protocol["protocol"]["num_classes"], section["profile"]
+    runs, now = _runs_table(runs), code_fingerprint()
+    finished = runs[runs.status.isin(TERMINAL_STATUSES)] if len(runs) else runs
+    configs = {}
+    for name, where in section["configurations"].items():
+        entry = table_entry(where["table"], where["row"], where["case"])
+        found = find_records(finished, entry.run_params(profile, range(section["seeds"])))
+        records = [Record.of(finished.record[f[0]]) for f in found if f]
+        configs[name] = dict(entry=entry, records=records, folders=[r.path.name for r in records],
+                             older_code=sum(bool(code_differences(r.params.get("code"), now)) for r in records))
+    rows = []
+    for claim in section["claims"]:
+        row = dict(id=claim["id"], claim=claim["paper_claim"], tested_here=claim["tested_here"],
+                   paper=claim.get("paper", ""), direction=claim.get("direction", ""), metric=claim.get("metric", ""),
+                   a=claim.get("a", ""), b=claim.get("b", ""), tested=claim["status"] == "tested", p=math.nan)
+        if row["tested"]:
+            a, b = configs[claim["a"]], configs[claim["b"]]
+            va = [r.metric(claim["metric"], num_classes) for r in a["records"]]
+            vb = [r.metric(claim["metric"], num_classes) for r in b["records"]]
+            row.update(n_a=len(va), n_b=len(vb), older_code_runs=a["older_code"] + b["older_code"],
+                       mean_a=float(np.mean(va)) if va else math.nan, mean_b=float(np.mean(vb)) if vb else math.nan)
+            if len(va) >= 2 and len(vb) >= 2:
+                row.update(claim_test(claim["direction"], va, vb, claim.get("margin"), alpha))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in ("n_a", "n_b", "mean_a", "mean_b", "difference", "ci_low", "ci_high", "older_code_runs"):
+        if column not in table:
+            table[column] = math.nan
+    table["p_holm"] = math.nan
+    table.loc[table.tested, "p_holm"] = holm(table.loc[table.tested, "p"].to_numpy())
+    table["study"] = [_first_epoch_study(r) for r in table.itertuples(index=False)]
+    return table, configs
+
+
+def _first_epoch_study(r) -> str:
+    "A first-epoch row in words: both sides' means and seeds, the difference and its interval."
+    if not r.tested:
+        return ""
+    if not r.n_a or not r.n_b:
+        return "missing"
+    ci = "" if pd.isna(r.ci_low) else f", 95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+    return (f"{r.mean_a:.2f} vs {r.mean_b:.2f} (seeds {int(r.n_a)}, {int(r.n_b)}); difference "
+            f"{r.mean_a - r.mean_b:+.2f}{ci}")

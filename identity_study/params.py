@@ -22,7 +22,7 @@ from .units import UNITS, load_plugins
 # %% auto #0
 __all__ = ['RECIPES', 'FAMILY_RECIPES', 'PROFILES', 'PARAMETERS', 'PARAMS', 'DEFAULTS', 'PRECISIONS', 'Param',
            'unit_option_names', 'parameter_table', 'resolve_device', 'resolve_precision', 'resolve_channels_last',
-           'resolve_params', 'resolve', 'parameter_cell', 'write_parameter_cell']
+           'resolve_params', 'resolve', 'find_records', 'parameter_cell', 'write_parameter_cell']
 
 # %% ../nbs/05_params.ipynb #84db7738
 RECIPES = {
@@ -338,6 +338,27 @@ def resolve(**params) -> tuple:
     p.update(spec.unit_options)
     p["run_id"] = run_id(p)
     return p, spec
+
+
+def find_records(runs, configs) -> list[list[str]]:
+    """For each of `configs` (train() parameters), the folders in `runs` (a `records.read_runs` table) that hold its
+    record: those whose own parameters it resolves to, in the precision each record's params.json gives (the
+    configuration's, where it names one). One list a configuration, in the order of `PRECISIONS`."""
+    if not len(runs):
+        return [[] for _ in configs]
+    out = []
+    for c in configs:
+        near = runs[(runs.seed == c.get("seed", DEFAULTS["seed"])) | runs.seed.isna()] if "seed" in runs else runs
+        if "precision" not in near:
+            near = near.assign(precision=None)
+        if "precision" in c and c["precision"] not in (None, "auto"):
+            near = near[near.precision == c["precision"]]
+        found = []
+        for precision in sorted(set(near.precision.dropna()), key=lambda p: (PRECISIONS + (p,)).index(p)):
+            wanted = resolve_params(**{**c, "precision": precision})["run_id"]
+            found += [f for f in near.index[near.precision == precision] if f == wanted]
+        out.append(found)
+    return out
 
 
 def _other_family(name, value, dataset, family) -> str:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import resnet
+from .plotting import (OPTION_LABELS as _OPTION_LABELS, UNIT_TITLES,  # noqa: F401 (the titles' home)
+                                     save_figure, unit_title, variant_title)
 from .units import UNITS
 
 # %% auto #0
-__all__ = ['PROFILE_VARIANTS', 'UNIT_TITLES', 'ToyUnit', 'ToyResidualStack', 'toy_loss', 'variant_label',
-           'silence_residual_branches', 'propagation_profile', 'profile_variants', 'variant_title', 'unit_title',
-           'plot_propagation', 'save_figure']
+__all__ = ['PROFILE_VARIANTS', 'ToyUnit', 'ToyResidualStack', 'toy_loss', 'variant_label', 'silence_residual_branches',
+           'propagation_profile', 'profile_variants', 'plot_propagation']
 
 # %% ../nbs/00_propagation.ipynb #6e377590
 _ACTIVATIONS = {None: lambda x: x, "relu": torch.relu}
@@ -126,10 +127,6 @@ PROFILE_VARIANTS = [
     ("relu_preact", {}),
     ("preact", {}),
 ]   # every unit of chapter 1, with the Table 1 settings that show the effect
-
-_OPTION_LABELS = {"shortcut_scale": "h×{:g}", "residual_scale": "F×{:g}", "gate_bias": "b_g={:g}",
-                  "dropout_p": "p={:g}"}
-
 
 def variant_label(spec) -> str:
     """A short name for a net's unit and options, e.g. 'constant_scaling h×0.5 F×1' or 'exclusive_gating b_g=-6':
@@ -260,36 +257,6 @@ def profile_variants(depth: int, images: torch.Tensor, labels: torch.Tensor, var
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/00_propagation.ipynb #e91bfaba
-# The paper's names of chapter 1's units, for titles and legends; a unit of your own is shown by its registry name.
-UNIT_TITLES = {"original": "original", "preact": "pre-activation", "bn_after_add": "BN after addition",
-               "relu_before_add": "ReLU before addition", "relu_preact": "ReLU-only pre-activation",
-               "constant_scaling": "constant scaling", "exclusive_gating": "exclusive gating",
-               "shortcut_gating": "shortcut-only gating", "conv_shortcut": "1×1 conv shortcut",
-               "dropout_shortcut": "dropout shortcut"}
-# the option tokens of `variant_label` as mathtext: a raw "b_g" would print its underscore
-_TOKEN_MATH = [("h×", r"h\times "), ("F×", r"\mathcal{F}\times "), ("b_g=", "b_g="), ("p=", "p=")]
-
-
-def _option_math(token: str) -> str:
-    for prefix, tex in _TOKEN_MATH:
-        if token.startswith(prefix):
-            return f"${tex}{token[len(prefix):]}$"
-    return token.replace("_", " ")
-
-
-def variant_title(variant: str) -> str:
-    "A `variant_label` as a reader's title, e.g. 'exclusive_gating b_g=-6' → 'exclusive gating ($b_g=-6$)'."
-    unit, *tokens = variant.split()
-    name = UNIT_TITLES.get(unit, unit.replace("_", " "))
-    return f"{name} ({', '.join(map(_option_math, tokens))})" if tokens else name
-
-
-def unit_title(unit: str, options: dict | None = None) -> str:
-    "The title of `unit` with the Table 1 options in `options` (others are left out), as `variant_title` writes it."
-    tokens = [_OPTION_LABELS[k].format(v) for k, v in (options or {}).items() if k in _OPTION_LABELS]
-    return variant_title(" ".join([unit, *tokens]))
-
-
 # what each curve is, in mathtext (no raw underscores), and how it is drawn so that none hides another: the direct
 # term is a thick translucent band and ∏λ a thin black line with dots, so where the two agree both stay visible
 _SERIES = {"grad_norm_rel": (r"measured $\Vert\partial\mathcal{E}/\partial x_l\Vert$",
@@ -370,12 +337,4 @@ def plot_propagation(profiles: pd.DataFrame, direction: str = "backward", path=N
         save_figure(fig, path)
     return fig
 
-
-def save_figure(fig, path, dpi: int = 150) -> Path:
-    """Save `fig` as the notebook shows it: cropped to the tight bounding box of everything drawn (what the inline
-    backend does), so that no title or legend outside the axes is cut off. Every figure of the study is saved here."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
-    return path
 

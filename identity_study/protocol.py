@@ -15,6 +15,7 @@ import identity_study
 from . import experiments
 from .experiments import TABLES, Entry
 from .params import resolve_params
+from .records import read_summary
 
 PROTOCOL_PATH = Path("protocol") / "claims.toml"
 MAX_SEEDS = 10          # the protocol's cap on seeds per configuration (seed numbers stay below it)
@@ -56,11 +57,11 @@ def planned_seeds(cfg: dict) -> list[int]:
 
 def configuration_entry(cfg: dict) -> Entry:
     "The entry of the paper's tables that configuration `cfg` runs (table, row and case as the protocol names them)."
-    found = [e for e in TABLES[cfg["table"]] if e.row == cfg["row"] and e.case == cfg["case"]]
-    if len(found) != 1:
+    try:
+        return experiments.table_entry(cfg["table"], cfg["row"], cfg["case"])
+    except KeyError:
         raise ProtocolError(f"the protocol's configuration {cfg['row']!r} [{cfg['case']!r}] is not one entry of "
-                            f"{cfg['table']}: rows are {sorted({e.row for e in TABLES[cfg['table']]})}")
-    return found[0]
+                            f"{cfg['table']}: rows are {sorted({e.row for e in TABLES[cfg['table']]})}") from None
 
 
 def configuration_params(cfg: dict, seeds=None, precision: str = "fp32", profile: str | None = None) -> list[dict]:
@@ -119,10 +120,7 @@ def lane_hours(cfg: dict, runs_dir="runs") -> float:
     "Hours one run of `cfg` takes on one lane: the median wall time of its finished records, else the estimate."
     seconds = []
     for run_id in configuration_run_ids(cfg, range(MAX_SEEDS)):
-        try:
-            summary = json.loads((Path(runs_dir) / run_id / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
+        summary = read_summary(Path(runs_dir) / run_id)     # JSON only: the sweep plans where pandas is not
         if summary.get("status") == "completed" and summary.get("wall_seconds"):
             seconds.append(float(summary["wall_seconds"]))
     return round(statistics.median(seconds) / 3600, 3) if seconds else float(cfg["lane_hours"])

@@ -41,11 +41,12 @@ if TYPE_CHECKING:
 
 # %% auto #0
 __all__ = ['logger', 'EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES', 'SCHEDULER_FILE', 'METRIC_COLUMNS',
-           'CHECKPOINT', 'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id', 'source_fingerprint',
-           'module_file', 'code_fingerprint', 'recorded_code', 'code_differences', 'RecordWriteError', 'atomic_write',
-           'write_json', 'write_csv', 'FileLock', 'RunLockedError', 'RunLock', 'is_locked', 'scheduler_job',
-           'scheduler_log', 'note_attempt', 'end_attempt', 'RunRecord', 'load_record', 'read_status', 'archive_record',
-           'provenance', 'save_checkpoint', 'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint',
+           'RUN_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id',
+           'source_fingerprint', 'module_file', 'code_fingerprint', 'recorded_code', 'code_differences',
+           'RecordWriteError', 'atomic_write', 'write_json', 'write_csv', 'FileLock', 'RunLockedError', 'RunLock',
+           'is_locked', 'scheduler_job', 'scheduler_log', 'note_attempt', 'end_attempt', 'RunRecord', 'load_record',
+           'read_runs', 'read_metrics', 'read_summary', 'read_status', 'archive_record', 'provenance',
+           'save_checkpoint', 'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint',
            'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
@@ -316,25 +317,65 @@ class RunRecord:
 
 
 def load_record(path) -> RunRecord:
-    "Read a run record from its folder."
+    """Read a run record from its folder: the one reader of run folders (`read_runs` reads a whole runs folder with
+    it). A missing or unreadable summary is {}, a missing or empty metrics.csv an empty frame."""
     import pandas as pd
     path = Path(path)
     params = json.loads((path / "params.json").read_text())
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
-    metrics = pd.read_csv(path / "metrics.csv") if (path / "metrics.csv").exists() else pd.DataFrame(
-        columns=METRIC_COLUMNS)
+    summary = read_summary(path)
+    csv = path / "metrics.csv"
+    metrics = pd.read_csv(csv) if csv.is_file() and csv.stat().st_size else pd.DataFrame(columns=METRIC_COLUMNS)
     return RunRecord(path, params, summary, metrics, scheduler_log(path))
 
 
 METRIC_COLUMNS = ["iteration", "epoch", "lr", "train_loss", "train_error", "test_loss", "test_error",
                   "test_top5_error", "seconds", "images_per_second"]
+RUN_COLUMNS = ["run_id", "status", "unit", "depth", "block", "dataset", "recipe", "profile", "seed", "precision",
+               "final_test_error", "final_train_loss", "iterations_done", "iterations", "wall_seconds"]
+
+
+def read_runs(runs_dir="runs") -> "pd.DataFrame":
+    """Every record under `runs_dir`, one row a run folder (one with a readable params.json), indexed by its folder
+    name: its own parameters and summary, flattened (a run without a summary is 'interrupted'), its `path`, whether it
+    has a summary (`summarized`) and the `RunRecord` itself (`record`, with its metrics). Everything a reader needs to
+    find a run is read from its params.json (its precision and profile included), never guessed from its id."""
+    import pandas as pd
+    root = Path(runs_dir)
+    rows = []
+    for path in sorted(p for p in root.iterdir() if (p / "params.json").is_file()) if root.is_dir() else []:
+        try:
+            record = load_record(path)
+        except (OSError, ValueError):
+            continue                    # params.json unreadable: not a record
+        flat = {k: v for k, v in record.params.items() if not isinstance(v, (dict, list))}
+        flat.update({k: v for k, v in record.summary.items() if not isinstance(v, (dict, list))})
+        flat.setdefault("status", "interrupted")
+        rows.append(dict(flat, path=str(path), folder=path.name, summarized=bool(record.summary), record=record))
+    frame = pd.DataFrame(rows)
+    frame = frame.reindex(columns=list(dict.fromkeys(RUN_COLUMNS + list(frame.columns) + ["path", "folder",
+                                                                                         "summarized", "record"])))
+    return frame.set_index("folder", drop=False).rename_axis(None)
+
+
+def read_metrics(runs) -> "pd.DataFrame":
+    "Every metrics row of every run in `runs` (a `read_runs` table, or a runs folder to read), with the run's id."
+    import pandas as pd
+    runs = read_runs(runs) if isinstance(runs, (str, Path)) else runs
+    frames = [r.metrics.assign(run_id=r.path.name) for r in runs.get("record", []) if len(r.metrics)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
+
+def read_summary(path: Path) -> dict:
+    "The summary of the run folder `path`, {} when it has no readable one (plain JSON: no pandas needed)."
+    try:
+        summary = json.loads((Path(path) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
 
 def read_status(path: Path):
     "The status in a run folder's summary, or None when there is no readable summary."
-    try:
-        return json.loads((Path(path) / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return read_summary(path).get("status")
 
 
 def archive_record(path: Path):

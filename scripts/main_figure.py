@@ -20,10 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from identity_study.data import load_cifar, normalization_stats  # noqa: E402
-from identity_study.figures import save_figure  # noqa: E402
 from identity_study.models import NetSpec, build  # noqa: E402
+from identity_study.plotting import save_figure  # noqa: E402
 from identity_study.propagation import propagation_profile  # noqa: E402
-from identity_study.records import load_record  # noqa: E402
+from identity_study.records import read_runs  # noqa: E402
 
 COLOURS = {"original": "#0072B2", "constant_scaling": "#D55E00"}      # Okabe-Ito: colour-blind safe
 
@@ -35,8 +35,8 @@ def label(params: dict) -> str:
 
 
 def main(runs_dir: Path, figures_dir: Path):
-    records = sorted((load_record(p.parent) for p in runs_dir.glob("*/summary.json")),
-                     key=lambda r: r.params["unit"] != "original")
+    runs = read_runs(runs_dir)
+    records = sorted((r for r in runs.get("record", []) if r.summary), key=lambda r: r.params["unit"] != "original")
     if len(records) != 2 or any(r.status != "completed" for r in records):
         sys.exit(f"expected two completed runs in {runs_dir}, found {[(r.run_id, r.status) for r in records]}")
     p0 = records[0].params

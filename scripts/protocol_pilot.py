@@ -14,6 +14,7 @@ chance error against the baseline's pilot mean (amendment 1).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -23,7 +24,9 @@ from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from identity_study.findings import Record, configuration_run_ids, load_protocol  # noqa: E402
+from identity_study.findings import Record, configuration_params, load_protocol  # noqa: E402
+from identity_study.params import find_records  # noqa: E402
+from identity_study.records import load_record, read_runs  # noqa: E402
 
 RUNS = ROOT / "runs"
 METRICS = ("final_test_error", "final_train_loss", "early_log_loss")
@@ -33,15 +36,22 @@ POWER = 0.8
 
 
 def records(cfg: dict, seeds, profile: str, precisions=("fp32", "bf16")) -> list[Record]:
-    "One record a seed: fp32 where there is one, else bf16 (as the provisional numbers were planned)."
+    """One finished record a seed, in the first of `precisions` it has (as the provisional numbers were planned): each
+    record found by its own params.json in the one reading of runs/ (`records.read_runs`), no precision guessed."""
+    runs = _runs()
+    finished = runs[runs.status.isin(("completed", "diverged")) & runs.precision.isin(precisions)]
+    configs = [{k: v for k, v in c.items() if k != "precision"} for c in configuration_params(cfg, seeds, profile=profile)]
     out = []
-    for seed in seeds:
-        for precision in precisions:
-            r = Record.read(RUNS / configuration_run_ids(cfg, [seed], precision, profile)[0])
-            if r is not None and r.summary.get("status") in ("completed", "diverged"):
-                out.append(r)
-                break
+    for found in find_records(finished, configs):
+        found = sorted(found, key=lambda f: precisions.index(finished.precision[f]))
+        if found:
+            out.append(Record.of(finished.record[found[0]]))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _runs():
+    return read_runs(RUNS)
 
 
 def welch_power(delta, sigma, n_a, n_b, level, rng) -> float:
@@ -199,12 +209,10 @@ def main():
             print(f"{cid:>9} ({family}, level {level:.4f}): {planned}, sigma {pooled[m]:.4f}; power at "
                   f"{lo}..{hi} seeds a side: {' '.join(f'{p:.2f}' for p in powers.values())} -> {n}")
     print("seeds by the rule:", need)
-    committed = RUNS / "original-110-basic-cifar10-mini-s0-0e66ee72" / "metrics.csv"
-    rerun = RUNS / "pilot-waiver" / committed.parent.name / "metrics.csv"
-    import pandas as pd
-    a, b = pd.read_csv(committed), pd.read_csv(rerun)
+    committed = RUNS / "original-110-basic-cifar10-mini-s0-0e66ee72"
+    a, b = (load_record(path).metrics for path in (committed, RUNS / "pilot-waiver" / committed.name))
     columns = [col for col in a.columns if col not in ("seconds", "images_per_second")]
-    print(f"waiver check {committed.parent.name}: {len(a)} rows, every column but the clock equal: "
+    print(f"waiver check {committed.name}: {len(a)} rows, every column but the clock equal: "
           f"{a[columns].equals(b[columns])}")
 
 

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.text import Text
 
 from identity_study.experiments import TABLES
-from identity_study.figures import (FIGURES, _entry, seeds_figure, curve_data, depth_figure, draw_figure, entry_run_ids,
+from identity_study.figures import (FIGURES, table_entry, seeds_figure, curve_data, depth_figure, draw_figure, entry_run_ids,
                                     plot_training_curves, save_figure, series_label)
 from identity_study.propagation import plot_propagation
 
@@ -43,7 +43,7 @@ def synthetic_records(entries, seeds_of, iterations=300, precision="fp32", loss=
 
 def figure_records(name, seeds_of):
     keys = dict.fromkeys(key for panel in FIGURES[name]["panels"] for key in panel)   # an entry once, in order
-    entries = [_entry(*key) for key in keys]
+    entries = [table_entry(*key) for key in keys]
     return synthetic_records(entries, seeds_of)
 
 
@@ -65,7 +65,7 @@ def synthetic_profiles(nets=("ResNet-110", "ResNet-1001")):
 
 
 def depth_records():
-    entries = [_entry("table3", f"CIFAR-10 ResNet-{d}", u) for d in (164, 1001) for u in ("original", "preact")]
+    entries = [table_entry("table3", f"CIFAR-10 ResNet-{d}", u) for d in (164, 1001) for u in ("original", "preact")]
     runs, metrics = synthetic_records(entries, lambda e: 2)
     # the 1001-layer runs are shorter, as chapter 7 makes them
     short = runs.run_id.str.contains("-1001-")
@@ -222,7 +222,7 @@ def test_depth_figure_series_have_distinct_colours():
 def test_series_labels_name_the_unit_and_the_net():
     labels = {series_label(e) for e in TABLES["table3"] if e.row == "CIFAR-10 ResNet-1001"}
     assert labels == {"original, ResNet-1001", "pre-activation, ResNet-1001"}
-    gated = _entry("table1", "exclusive gating, b_g = -6", "")
+    gated = table_entry("table1", "exclusive gating, b_g = -6", "")
     assert series_label(gated) == "exclusive gating ($b_g=-6$), ResNet-110"
 
 

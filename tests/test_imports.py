@@ -47,3 +47,10 @@ def test_the_graph_sees_function_level_imports():
     edges = graph()
     assert "findings" in edges["figures"] and "protocol" in edges["findings"]
     assert "data" in edges["protocol"]            # imported inside this_machine()
+
+
+def test_figures_draws_without_the_net_builder_and_plotting_stands_alone():
+    "Issue 38: figures reaches no net builder (params) and no propagation; the presentation module imports nothing."
+    edges = graph()
+    assert not {"params", "propagation", "models"} & edges["figures"]
+    assert edges["plotting"] == set() and "plotting" in edges["propagation"] and "plotting" in edges["figures"]

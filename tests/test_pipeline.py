@@ -11,7 +11,8 @@ import nbformat
 import pandas as pd
 
 from identity_study.experiments import FAIL, TABLES, configs
-from identity_study.figures import gather_metrics, gather_runs, table_frame
+from identity_study.figures import table_frame
+from identity_study.records import read_metrics as gather_metrics, read_runs as gather_runs
 from identity_study.sweep import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
