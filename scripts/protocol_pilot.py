@@ -22,7 +22,6 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from identity_study.findings import Record, configuration_run_ids, load_protocol  # noqa: E402
 
 RUNS = ROOT / "runs"
