@@ -27,7 +27,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
