@@ -84,22 +84,23 @@ FULL = dict(
                  agree_steps=5, warmup=3, steps=20, min_row_s=30),
     probe=dict(n=32, c=64, hw=32, m=1024),
 )
+# toy sizes: every section's code at pre-act ResNet-8 (the smallest net: one unit per stage), a few steps
 TINY = dict(
     budget_s=400,
     reserves=dict(env=5, compile=15, throughput=15, resnet1001=5, smoke=15, sanity=15, resume=10, ddp=20),
     caps=dict(env=60, compile=150, throughput=120, resnet1001=90, smoke=150, sanity=150, resume=120, ddp=150),
-    smoke=dict(depth=20),
-    resume=dict(depth=20, dataset="synthetic", iterations=4, eval_every=2, stop_after=3, batch_size=16,
+    smoke=dict(depth=8),
+    resume=dict(depth=8, dataset="synthetic", iterations=4, eval_every=2, stop_after=3, batch_size=16,
                 train_subset=128),
     # gloo with one process would prove nothing that the two-process run does not
-    ddp=dict(depth=20, dataset="synthetic", iterations=4, eval_every=2, batch_size=16, train_subset=128, timeout=90,
+    ddp=dict(depth=8, dataset="synthetic", iterations=4, eval_every=2, batch_size=16, train_subset=128, timeout=90,
              one_process=False),
-    sanity=dict(params=dict(depth=20, iterations=8, batch_size=32, lr_steps="[4, 6]", warmup_iterations=0,
+    sanity=dict(params=dict(depth=8, iterations=8, batch_size=32, lr_steps="[4, 6]", warmup_iterations=0,
                             eval_every=4, train_subset=1024, eval_subset=128, final_eval_subset=128, progress=False),
                 max_error=None),
-    throughput=dict(nets=[20], batch_size=8, repeats=3, warmup=1, steps=1, busy_steps=1, workers=1),
-    resnet1001=dict(depth=20, batch_size=8, warmup=1, steps=2),
-    compile=dict(configs=[("model-cudagraphs", 20), ("model", 20), ("units", 20)], batch_size=8, agree_steps=2,
+    throughput=dict(nets=[8], batch_size=8, repeats=3, warmup=1, steps=1, busy_steps=1, workers=1),
+    resnet1001=dict(depth=8, batch_size=8, warmup=1, steps=2),
+    compile=dict(configs=[("model-cudagraphs", 8), ("model", 8), ("units", 8)], batch_size=8, agree_steps=2,
                  warmup=1, steps=2, min_row_s=5),
     probe=dict(n=4, c=16, hw=16, m=256),
 )
