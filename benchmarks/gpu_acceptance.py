@@ -2,8 +2,8 @@
 own time limit, each writing its result the moment it ends, in the order of their value.
 
   IDENTITY_STUDY_COMMIT=<commit> bash benchmarks/gpu_first_run.sh OUT   # a lent GPU: set-up and every section, <= 570 s
-  python3 benchmarks/gpu_acceptance.py --print-command                 # that line, the commit filled in
-  python3 benchmarks/gpu_acceptance.py --out OUT --only compile         # rerun some sections (the rest is kept)
+  PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --print-command     # that line, the commit filled in
+  PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --out OUT --only compile   # rerun some sections (the rest kept)
   .venv/bin/python benchmarks/gpu_acceptance.py --device cpu --tiny --out /tmp/acc   # the same code on a CPU, ~1 min
 
 Sections, in this order (the most valuable first: the numbers only a GPU gives, then the proofs):
@@ -26,9 +26,12 @@ Sections, in this order (the most valuable first: the numbers only a GPU gives, 
   ddp         torchrun: one NCCL process, then two processes (NCCL on two GPUs, gloo on CUDA tensors on one)
 Files in --out (never more than these seven): env.json, checks.json, throughput.csv (rows of compile, throughput and
 resnet1001), sanity_metrics.csv, smoke.ipynb, sanity.ipynb, acceptance.log. --tiny runs every section at toy size
-(depth 20, a few steps, gloo for NCCL, compile with the aot_eager backend on a CPU), as tests/test_gpu_acceptance.py
-does. The checks themselves are in acceptance_checks.py. Needs papermill and ipykernel for the two notebook sections
-(benchmarks/README.md: preparing a GPU machine; there too, each section's expected time on an H100).
+(depth 8, a few steps, gloo for NCCL, compile with the aot_eager backend on a CPU), as tests/test_gpu_acceptance.py
+does. The checks, and the five sections that prove rather than time (env, smoke, sanity, resume, ddp), are in
+acceptance_checks.py; this file holds the timing sections (compile, throughput, resnet1001) and the driver. Needs
+papermill and ipykernel for the two notebook sections (benchmarks/README.md: preparing a GPU machine; there too, each
+section's expected time on an H100). identity_study is imported as installed or from PYTHONPATH=. (gpu_first_run.sh
+sets it).
 """
 from __future__ import annotations
 
