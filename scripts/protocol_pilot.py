@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from identity_study.findings import Record, configuration_run_ids, load_protocol
+from identity_study.records import load_record
+
 ROOT = Path(__file__).resolve().parent.parent
-from identity_study.findings import Record, configuration_run_ids, load_protocol  # noqa: E402
 
 RUNS = ROOT / "runs"
 METRICS = ("final_test_error", "final_train_loss", "early_log_loss")
@@ -198,12 +200,10 @@ def main():
             print(f"{cid:>9} ({family}, level {level:.4f}): {planned}, sigma {pooled[m]:.4f}; power at "
                   f"{lo}..{hi} seeds a side: {' '.join(f'{p:.2f}' for p in powers.values())} -> {n}")
     print("seeds by the rule:", need)
-    committed = RUNS / "original-110-basic-cifar10-mini-s0-0e66ee72" / "metrics.csv"
-    rerun = RUNS / "pilot-waiver" / committed.parent.name / "metrics.csv"
-    import pandas as pd
-    a, b = pd.read_csv(committed), pd.read_csv(rerun)
+    committed = RUNS / "original-110-basic-cifar10-mini-s0-0e66ee72"
+    a, b = (load_record(path).metrics for path in (committed, RUNS / "pilot-waiver" / committed.name))
     columns = [col for col in a.columns if col not in ("seconds", "images_per_second")]
-    print(f"waiver check {committed.parent.name}: {len(a)} rows, every column but the clock equal: "
+    print(f"waiver check {committed.name}: {len(a)} rows, every column but the clock equal: "
           f"{a[columns].equals(b[columns])}")
 
 
