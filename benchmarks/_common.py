@@ -56,10 +56,10 @@ def nvidia_smi(fields: list) -> list:
     return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
 
 
-def commit_and_dirty() -> tuple[str, bool]:
-    """This checkout's short commit and whether tracked files differ from it; a copy of the tree without .git (a lent
-    GPU machine's) is told them by IDENTITY_STUDY_COMMIT=COMMIT or COMMIT-dirty."""
-    sha = _git("rev-parse", "--short", "HEAD")
+def commit_and_dirty(short: bool = True) -> tuple[str, bool]:
+    """This checkout's commit (short, or the full hash) and whether tracked files differ from it; a copy of the tree
+    without .git (a lent GPU machine's) is told them by IDENTITY_STUDY_COMMIT=COMMIT or COMMIT-dirty."""
+    sha = _git("rev-parse", *(["--short"] if short else []), "HEAD")
     if sha:
         return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
     told = os.environ.get("IDENTITY_STUDY_COMMIT", "")

@@ -41,7 +41,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -55,7 +54,7 @@ import acceptance_checks as A
 import identity_study.models  # noqa: F401  (imported once here: the forked sections inherit them)
 import identity_study.params  # noqa: F401
 import identity_study.train  # noqa: F401
-from _common import ROOT, _git, append_csv, gpu_name_without_cuda_init, table
+from _common import ROOT, append_csv, commit_and_dirty, gpu_name_without_cuda_init, table
 from acceptance_checks import CHECKS_JSON, LOG, THROUGHPUT_CSV, Ctx, ensure_cifar10, layout_name, tf32_available, \
     trainer_defaults
 
@@ -494,9 +493,9 @@ def summary_line(name: str, res: dict) -> str:
 
 
 def commit() -> str:
-    "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told."
-    sha = _git("rev-parse", "HEAD")
-    return sha + ("-dirty" if sha and _git("status", "--porcelain", "--untracked-files=no") else "")
+    "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told (or was)."
+    sha, dirty = commit_and_dirty(short=False)
+    return sha + ("-dirty" if sha and dirty else "")
 
 
 def attempt_provenance(argv: list, args, budget: float) -> dict:
@@ -508,7 +507,7 @@ def attempt_provenance(argv: list, args, budget: float) -> dict:
                 device=args.device, tiny=args.tiny, budget_s=budget, hostname=platform.node(),
                 gpu=gpu_name_without_cuda_init() if args.device.startswith("cuda") else "",
                 python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                cuda=torch.version.cuda or "", git_commit=commit() or os.environ.get("IDENTITY_STUDY_COMMIT", ""))
+                cuda=torch.version.cuda or "", git_commit=commit())
 
 
 def plan(only, cfg: dict, budget: float) -> dict:
