@@ -58,7 +58,7 @@ system:
 # execute the chapters on their full path and commit their outputs (ONLY="09_figures 10" for some of them)
 chapters: export OMP_NUM_THREADS := 1
 chapters: setup data system
-	$(PY) scripts/chapters.py $(ONLY)
+	$(PY) -m scripts.chapters $(ONLY)
 
 # the findings from scratch: every missing run of the protocol (two single-thread lanes by default; JOBS=N, and
 # SWEEP_FLAGS="--max-hours 3" for a slice), then chapter 10 re-executed and the README's verdicts rewritten from it
@@ -66,21 +66,22 @@ JOBS ?= 2
 findings: export OMP_NUM_THREADS := 1
 findings: setup data system
 	$(PY) -m identity_study.sweep run protocol --jobs $(JOBS) --device cpu $(SWEEP_FLAGS)
-	$(PY) scripts/chapters.py 10_mini_reproduction
+	$(PY) -m scripts.chapters 10_mini_reproduction
 	$(PY) scripts/readme_results.py
 
 # every chapter shows the outputs of the current code: none missing, none older than the code, no machine paths
 check-chapters:
-	$(PY) scripts/check_chapters.py
+	$(PY) -m scripts.check_chapters
 
 # the offline HTML edition of the executed chapters, in _site/
 html: setup system
-	$(PY) scripts/html_edition.py
+	$(PY) -m scripts.html_edition
 
-# JupyterLab and the HTML edition in Chromium, through Playwright (screenshots in .browser-shots/)
+# JupyterLab and the HTML edition in Chromium, through Playwright (screenshots in .browser-shots/): tests/browser, which
+# plain pytest leaves out (PYTEST_ARGS="-k html" for some of its tests)
 test-browser: export OMP_NUM_THREADS := 1
 test-browser: setup data system html
-	$(PY) scripts/test_browser.py
+	$(PY) -m pytest tests/browser -s $(PYTEST_ARGS)
 
 # the Slurm executor against a real one-node Slurm cluster brought up on this machine from Debian's packages
 # (scripts/slurm/cluster.sh: munge, MariaDB, slurmdbd, slurmctld, slurmd, all state in .slurm-test/), stopped again

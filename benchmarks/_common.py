@@ -1,14 +1,15 @@
 """What every benchmark records beside its figures: when, where, with what, and how busy the machine was.
 
 Standard library, torch and identity_study.data (numpy, torchvision) only, so that gpu_throughput.py can use it on a
-machine without pandas."""
+machine without pandas. A benchmark is run as a script (`python benchmarks/x.py`, which puts benchmarks/ first on the
+path, so `import _common` finds this file) with identity_study installed (`make setup`) or on PYTHONPATH (a lent GPU
+machine's gpu_first_run.sh sets it)."""
 from __future__ import annotations
 
 import csv
 import os
 import platform
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -17,14 +18,11 @@ import torch
 import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    # run from the source tree: `python benchmarks/x.py` works with or without the package installed
-    sys.path.insert(0, str(ROOT))
 # the rebuilt CIFAR copy that `make data` writes, as the Makefile and the tests default to
 os.environ.setdefault("IDENTITY_STUDY_DATA", str(ROOT / "data"))
 BUSY_LOAD = 0.5
 
-from identity_study.data import device_kind  # noqa: E402  (after the source tree is on sys.path)
+from identity_study.data import device_kind  # noqa: E402
 
 
 def _git(*args) -> str:
@@ -58,10 +56,10 @@ def nvidia_smi(fields: list) -> list:
     return [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.stdout.strip().splitlines()]
 
 
-def commit_and_dirty() -> tuple[str, bool]:
-    """This checkout's short commit and whether tracked files differ from it; a copy of the tree without .git (a lent
-    GPU machine's) is told them by IDENTITY_STUDY_COMMIT=COMMIT or COMMIT-dirty."""
-    sha = _git("rev-parse", "--short", "HEAD")
+def commit_and_dirty(short: bool = True) -> tuple[str, bool]:
+    """This checkout's commit (short, or the full hash) and whether tracked files differ from it; a copy of the tree
+    without .git (a lent GPU machine's) is told them by IDENTITY_STUDY_COMMIT=COMMIT or COMMIT-dirty."""
+    sha = _git("rev-parse", *(["--short"] if short else []), "HEAD")
     if sha:
         return sha, bool(_git("status", "--porcelain", "--untracked-files=no"))
     told = os.environ.get("IDENTITY_STUDY_COMMIT", "")
@@ -93,25 +91,39 @@ def warn_if_busy(what: str = "CPU timings") -> float:
     return load
 
 
-def _jiffies_of_tree(root_pid: int) -> int:
-    "CPU time (clock ticks) used so far by `root_pid` and its live descendants (e.g. DataLoader workers)."
-    stats = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
+def process_table() -> dict:
+    """pid -> (state, ppid, CPU clock ticks) of every process in /proc; the ticks are its own user and system time and
+    those of the children it waited for."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
             try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                # after the command name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+                table[int(d)] = (fields[0], int(fields[1]), sum(int(x) for x in fields[11:15]))
+            except (OSError, ValueError, IndexError):
                 continue
-            # after the command name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
-            stats[int(d.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    tree, grew = {root_pid}, True
+    return table
+
+
+def descendants(roots, table: dict) -> set:
+    "`roots` (those of them in `table`) and every process of `table` below them."
+    found = {pid for pid in roots if pid in table}
+    grew = True
     while grew:
         grew = False
-        for pid, (ppid, _) in stats.items():
-            if ppid in tree and pid not in tree:
-                tree.add(pid)
+        for pid, (_, ppid, _) in table.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
                 grew = True
-    return sum(stats[p][1] for p in tree if p in stats)
+    return found
+
+
+def _jiffies_of_tree(root_pid: int) -> int:
+    "CPU time (clock ticks) used so far by `root_pid` and its live descendants (e.g. DataLoader workers)."
+    table = process_table()
+    return sum(table[p][2] for p in descendants({root_pid}, table))
 
 
 def _busy_jiffies() -> int:

@@ -1,7 +1,11 @@
-"""The checks of `gpu_acceptance.py`, apart from its timings: what a section's verdict is computed from, how a section
-runs under its time limit (and how everything it started is killed at that limit), how the budget is shared out,
-and which rows a throughput ratio compares. Standard library and torch only (identity_study is imported where a
-function needs it), so that tests/test_gpu_acceptance.py imports this file by its path and tests every part on a CPU.
+"""The checks of `gpu_acceptance.py`, apart from its timings: what each verdict is computed from (the TF32 probe, a
+resumed record against a straight one, which rows a throughput ratio compares), how a section runs under its time
+limit (and how everything it started is killed at that limit), how the budget is shared out, and the sections that
+prove the GPU path rather than time it: env, smoke, sanity, resume and ddp. What the package has, it comes from the
+package: the device's versions and fp32 math (identity_study.data), a record (identity_study.records.load_record), a
+run of the training notebook (identity_study.sweep_plan.run_notebook). tests/test_gpu_acceptance.py imports this file
+by its path (after _common.py, which it imports) and tests it on a CPU. `gpu_acceptance.py` runs the sections, with its
+own timing sections (compile, throughput, resnet1001) among them; torchrun starts this file for a rank of `ddp`.
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import math
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from _common import ROOT, append_csv, descendants, machine, nvidia_smi, process_table
+
+ENV_JSON, CHECKS_JSON, THROUGHPUT_CSV, SANITY_CSV = "env.json", "checks.json", "throughput.csv", "sanity_metrics.csv"
+SMOKE_NB, SANITY_NB, LOG = "smoke.ipynb", "sanity.ipynb", "acceptance.log"
 
 # ---------------------------------------------------------------------------------------------------------------
 # one section's result
@@ -127,16 +138,10 @@ def math_modes() -> dict:
 
 
 def set_math(device: str, precision: str) -> str:
-    """fp32 matrix products and convolutions as the trainer computes `precision`: TF32 for tf32, IEEE otherwise. The
-    trainer's own switch where this checkout has it (identity_study.data.set_fp32_math), else torch's flags."""
-    import identity_study.data as D
-    if hasattr(D, "set_fp32_math"):
-        modes = D.set_fp32_math(device, precision)
-        return " ".join(f"{k}={v}" for k, v in sorted(modes.items()))
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-        return f"conv={'tf32' if precision == 'tf32' else 'ieee'} matmul={'tf32' if precision == 'tf32' else 'ieee'}"
-    return "conv=ieee matmul=ieee"
+    """fp32 matrix products and convolutions as the trainer computes `precision`: TF32 for tf32, IEEE otherwise,
+    through the trainer's own switch (identity_study.data.set_fp32_math); what it reads back, as one string."""
+    from identity_study.data import set_fp32_math
+    return " ".join(f"{k}={v}" for k, v in sorted(set_fp32_math(device, precision).items()))
 
 
 class TorchDefaults:
@@ -157,12 +162,10 @@ class TorchDefaults:
             self.values = {p: v for p, v in self.values.items() if p.endswith("fp32_precision")}
 
     def restore(self, device: str) -> str:
-        import identity_study.data as D
+        from identity_study.data import fp32_math
         for obj, attr, value in self.values.values():
             setattr(obj, attr, value)
-        if hasattr(D, "fp32_math"):
-            return " ".join(f"{k}={v}" for k, v in sorted(D.fp32_math(device).items())) + " (torch defaults)"
-        return " ".join(f"{p}={v}" for p, (_, _, v) in self.values.items() if "cud" in p) + " (torch defaults)"
+        return " ".join(f"{k}={v}" for k, v in sorted(fp32_math(device).items())) + " (torch defaults)"
 
 
 def conv_and_matmul_error(device, cfg) -> dict:
@@ -223,10 +226,9 @@ def _tensors(obj, prefix=""):
 def run_differences(a: Path, b: Path) -> list:
     """What differs between two finished records: metric rows (timing left out) and every tensor of the last
     checkpoint's model, optimiser and random-number generators, bit for bit."""
-    timing = {"seconds", "images_per_second"}
-    rows_a, rows_b = ([{k: v for k, v in r.items() if k not in timing} for r in read_csv(Path(p) / "metrics.csv")]
-                      for p in (a, b))
-    diff = [] if rows_a == rows_b else ["metrics.csv"]
+    from identity_study.records import load_record
+    metrics = [load_record(p).metrics.drop(columns=["seconds", "images_per_second"], errors="ignore") for p in (a, b)]
+    diff = [] if metrics[0].equals(metrics[1]) else ["metrics.csv"]
     sa, sb = (torch.load(Path(p) / "checkpoint.pt", map_location="cpu", weights_only=False) for p in (a, b))
     ta, tb = (dict(_tensors({k: s[k] for k in ("model", "optimizer", "rng")})) for s in (sa, sb))
     if ta.keys() != tb.keys():
@@ -292,20 +294,6 @@ def section_limit(name: str, order, caps: dict, reserves: dict, left: float) -> 
 TOKEN_VAR = "IDENTITY_STUDY_ACCEPTANCE_TOKEN"
 
 
-def _proc_table() -> dict:
-    "pid -> (state, ppid) of every process in /proc."
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-            except (OSError, ValueError, IndexError):
-                continue
-            table[int(d)] = (state, int(ppid))
-    return table
-
-
 def _token_of(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -332,21 +320,12 @@ def started_processes(root: int | None = None, token: str | None = None) -> set:
     """The live processes a section (or one command of it) started: `root` and its descendants, and every process
     whose environment carries `token` (or a token under it, `token/...`). The token finds what left the tree: a
     process in a new session (papermill's kernel, torchrun's workers) whose parent died and which was re-parented."""
-    table = _proc_table()
-    found = {root} if root in table else set()
+    table = process_table()
+    roots = {root} if root is not None else set()
     if token:
-        for pid in table:
-            t = _token_of(pid)
-            if t is not None and (t == token or t.startswith(token + "/")):
-                found.add(pid)
-    grew = True
-    while grew:
-        grew = False
-        for pid, (_, ppid) in table.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return {p for p in found if p != os.getpid() and table[p][0] not in ("Z", "X")}
+        tokens = {pid: _token_of(pid) for pid in table}
+        roots |= {pid for pid, t in tokens.items() if t is not None and (t == token or t.startswith(token + "/"))}
+    return {p for p in descendants(roots, table) if p != os.getpid() and table[p][0] not in ("Z", "X")}
 
 
 def kill_started(root: int | None = None, token: str | None = None, rounds: int = 50) -> list:
@@ -442,3 +421,351 @@ def run_section(name: str, target, limit: float, log: Path) -> dict:
         elif res.get("status") in (None, "running"):
             res.update(status="error", error=f"exit status {proc.exitcode} without a result (see the log)")
         return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what every section shares (the timing sections of gpu_acceptance.py too)
+
+class Ctx:
+    "One section's settings: the device, the size (full or tiny), the output and scratch folders, its deadline."
+    def __init__(self, args, cfg: dict, tmp, deadline: float):
+        self.args, self.device, self.tiny, self.cfg = args, args.device, args.tiny, cfg
+        self.cuda = self.device.startswith("cuda")
+        self.out, self.tmp, self.deadline = Path(args.out), Path(tmp), deadline
+        if self.cuda and ":" in self.device and torch.cuda.is_available():
+            torch.cuda.set_device(self.device)          # cuda:N: what a bare .cuda() or a library default takes
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def left(self) -> float:
+        "Seconds until this section is killed."
+        return self.deadline - time.monotonic()
+
+    def rows_base(self) -> dict:
+        "The columns that say where and with what a row was measured."
+        return dict(machine(self.device), **versions(self.device))
+
+
+def versions(device: str) -> dict:
+    """cuDNN, NCCL and driver versions as a run record has them (identity_study.data.device_software), each None
+    where it does not apply."""
+    from identity_study.data import device_software
+    software = device_software(device)
+    return {k: software.get(k) for k in ("cudnn", "nccl", "driver")}
+
+
+def tf32_available(device: str) -> tuple[bool, str]:
+    "Whether this checkout's trainer knows precision 'tf32' on `device` (the note says why not)."
+    from identity_study.params import resolve
+    try:
+        resolve(precision="tf32", device=device, profile="smoke")
+    except ValueError as e:
+        return False, f"precision 'tf32' skipped: {str(e).splitlines()[0]}"
+    return True, ""
+
+
+def trainer_defaults(device: str, **params) -> dict:
+    "What the trainer resolves its defaults to on `device` (precision, channels_last)."
+    from identity_study.params import resolve
+    p = resolve(device=device, profile="smoke", **params)[0]
+    return dict(device=p["device"], precision=p["precision"], channels_last=p["channels_last"])
+
+
+def layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "nchw"
+
+
+def ensure_cifar10(ctx: Ctx):
+    """CIFAR-10 in the data root, rebuilt from the compact copy (--compact, else ../shared/data) when missing: a GPU
+    machine gets the 19 MB JPEG copy, not the 178 MB pickles."""
+    from identity_study.data import cifar_files_status, data_root
+    root = data_root(None)
+    if cifar_files_status("cifar10", root) != "missing":
+        return
+    for base in (Path(ctx.args.compact), ROOT.parent / "shared" / "data"):
+        script = base / "make_torchvision_layout.py"
+        if script.is_file() and (base / "compact" / "cifar10").is_dir():
+            t = time.perf_counter()
+            rc, out = run_killable([sys.executable, str(script), "--compact", str(base / "compact"), "--root",
+                                    str(root), "--only", "cifar10"], max(10.0, ctx.left()), env=child_env())
+            if rc != 0:
+                raise RuntimeError(f"rebuilding CIFAR-10 from {base} failed: {last_line(out)}")
+            print(f"  rebuilt CIFAR-10 under {root} from {base} in {time.perf_counter() - t:.1f} s", flush=True)
+            return
+    raise FileNotFoundError(f"CIFAR-10 is not under {root} and no compact copy was found in {ctx.args.compact} or "
+                            "../shared/data (benchmarks/prepare_gpu_bundle.sh makes one)")
+
+
+def child_env(**extra) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in paths if p != str(ROOT)])
+    env.pop("IN_TEST", None)        # the training notebook would switch itself to its own smoke run
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# env
+
+def section_env(ctx: Ctx, ck: Checks):
+    dev = ctx.device
+    if ctx.cuda and not ck.check("CUDA is available", torch.cuda.is_available(), torch.version.cuda):
+        return
+    info = dict(ctx.rows_base(), device=dev)
+    info["nvidia_smi"] = nvidia_smi(["index", "name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm",
+                                     "clocks.mem", "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu",
+                                     "memory.total", "compute_mode"])
+    tensor_cores = False
+    if ctx.cuda:
+        props = torch.cuda.get_device_properties(dev)
+        info["gpu"] = dict(name=props.name, capability=f"{props.major}.{props.minor}",
+                           memory_gib=round(props.total_memory / 2**30, 1),
+                           multiprocessors=props.multi_processor_count, device_count=torch.cuda.device_count())
+        tensor_cores = props.major >= 8          # TF32 from Ampere on
+    info["math_modes_at_start"] = math_modes()
+    info["trainer_defaults"] = trainer_defaults(dev)
+    tf32, why = tf32_available(dev)
+    info["tf32_precision_available"] = tf32
+    if why:
+        ck.note(why)
+    probe = dict(as_found=conv_and_matmul_error(dev, ctx.cfg["probe"]))
+    info["math_modes_as_found"] = math_modes()
+    info["fp32_math_ieee"] = set_math(dev, "fp32")
+    probe["tf32_off"] = conv_and_matmul_error(dev, ctx.cfg["probe"])
+    if ctx.cuda:
+        info["fp32_math_tf32"] = set_math(dev, "tf32")
+        probe["tf32_on"] = conv_and_matmul_error(dev, ctx.cfg["probe"])
+        info["math_modes_tf32_on"] = math_modes()
+    info["tf32_probe_max_rel_error"] = probe
+    write_json(ctx.out / ENV_JSON, info)
+    print(json.dumps(info, indent=1, default=str), flush=True)
+
+    for key in ("torch", "cuda", "cudnn", "nccl", "driver") if ctx.cuda else ("torch",):
+        ck.check(f"{key} version read", info.get(key) not in (None, ""), info.get(key))
+    checks, notes = probe_verdicts(probe, tensor_cores)
+    for what, ok, value, expect in checks:
+        ck.check(what, ok, value, expect)
+    for text in notes:
+        ck.note(text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# smoke and sanity: the training notebook through papermill
+
+def training_notebook(ctx: Ctx, notebook: str, params: dict, run_dir: Path, timeout: float) -> tuple:
+    """nbs/train.ipynb with `params` through the sweep's own runner (identity_study.sweep_plan.run_notebook), its
+    executed notebook copied to OUT/`notebook`; (exit status, or None at the timeout; the error). Papermill and its
+    kernel carry the section's token, so a cut at the section's limit kills them too."""
+    from identity_study.sweep_plan import run_notebook
+    os.environ.pop("IN_TEST", None)     # (this section's own process) the notebook would switch to its own smoke run
+    kept = ctx.tmp / f"{Path(notebook).stem}-executed"
+    kept.mkdir()
+    print(f"  papermill nbs/train.ipynb {' '.join(f'-p {k} {v}' for k, v in params.items())}", flush=True)
+    try:
+        result = run_notebook(dict(params, run_dir=str(run_dir)), kept, env=child_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"papermill did not finish in {timeout:.0f} s"
+    for name in ("notebook.ipynb", "notebook.failed.ipynb"):
+        if (kept / name).exists():
+            shutil.copyfile(kept / name, ctx.out / notebook)
+    print(f"  papermill: exit {result['returncode']} in {result['seconds']} s {result['error']}", flush=True)
+    return result["returncode"], result["error"]
+
+
+def check_notebook_run(ck: Checks, rc, error: str, run_dir: Path):
+    """The notebook ran to its end, wrote one completed record with finite training losses; the record
+    (identity_study.records.load_record)."""
+    from identity_study.records import load_record
+    if not ck.check("papermill ran the notebook to its end", rc == 0, "ok" if rc == 0 else f"exit {rc}: {error}"):
+        return None
+    records = record_dirs(run_dir)
+    if not ck.check("one run record written", len(records) == 1, [r.name for r in records]):
+        return None
+    record = load_record(records[0])
+    ck.check("the run completed", record.status == "completed", record.status)
+    losses = record.metrics["train_loss"].tolist()
+    ck.check("every training loss is finite", bool(losses) and all(finite(x) for x in losses), losses)
+    ck.data(record=record.path.name, summary=record.summary, provenance={k: record.params.get(k) for k in (
+        "device", "device_name", "precision", "channels_last", "versions", "fp32_math", "cuda", "cudnn", "nccl",
+        "driver", "cpu_capability", "git_commit") if k in record.params})
+    return record
+
+
+def section_smoke(ctx: Ctx, ck: Checks):
+    ensure_cifar10(ctx)
+    params = dict(profile="smoke", **ctx.cfg["smoke"])
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    if ctx.device != auto:
+        params["device"] = ctx.device
+    expected = trainer_defaults(ctx.device, **ctx.cfg["smoke"])
+    run_dir = ctx.tmp / "smoke-runs"
+    rc, error = training_notebook(ctx, SMOKE_NB, params, run_dir, max(1.0, ctx.left() - 5))
+    record = check_notebook_run(ck, rc, error, run_dir)
+    if record is None:
+        return
+    p = record.params
+    ck.check("the record's device", p["device"] == ctx.device, p["device"], ctx.device)
+    ck.check("the record's precision is the default", p["precision"] == expected["precision"], p["precision"],
+             expected["precision"])
+    ck.check("the record's layout is the default", p["channels_last"] == expected["channels_last"],
+             f"channels_last={p['channels_last']}", f"channels_last={expected['channels_last']}")
+
+
+def section_sanity(ctx: Ctx, ck: Checks):
+    ensure_cifar10(ctx)
+    cfg = ctx.cfg["sanity"]
+    params = dict(cfg["params"])
+    if ctx.device != ("cuda" if torch.cuda.is_available() else "cpu"):
+        params["device"] = ctx.device
+    run_dir = ctx.tmp / "sanity-runs"
+    rc, error = training_notebook(ctx, SANITY_NB, params, run_dir, max(1.0, ctx.left() - 5))
+    record = check_notebook_run(ck, rc, error, run_dir)
+    if record is None:
+        return
+    p, summary = record.params, record.summary
+    rows = record.metrics.astype(object).where(record.metrics.notna(), None).to_dict("records")   # NaN: empty
+    base = ctx.rows_base()
+    out = ctx.out / SANITY_CSV
+    out.unlink(missing_ok=True)
+    append_csv(out, [dict(r, run_id=p["run_id"], precision=p["precision"], channels_last=p["channels_last"], **base)
+                     for r in rows])
+    error = summary.get("final_test_error")
+    if cfg["max_error"] is None:
+        ck.note(f"tiny: no threshold on the test error ({error}); the losses' finiteness is the check")
+    else:
+        ck.check(f"final test error <= {cfg['max_error']:.0%}", error is not None and error <= cfg["max_error"],
+                 error, f"<= {cfg['max_error']}")
+    ck.data(images_per_second=[r.get("images_per_second") for r in rows])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resume
+
+def section_resume(ctx: Ctx, ck: Checks):
+    from identity_study.train import train
+    c = dict(ctx.cfg["resume"])
+    stop_after = c.pop("stop_after")
+    base = dict(unit="preact", deterministic=True, progress=False, device=ctx.device, **c)
+    configs = {"preact fp32": dict(precision="fp32"), "preact bf16": dict(precision="bf16"),
+               "dropout_shortcut fp32": dict(unit="dropout_shortcut", precision="fp32")}
+    tf32, why = tf32_available(ctx.device)
+    if tf32:
+        configs["preact tf32"] = dict(precision="tf32")
+    else:
+        ck.note(why)
+    for name, extra in configs.items():
+        cfg, slug = {**base, **extra}, name.replace(" ", "-")
+        t = time.perf_counter()
+        straight = train(**cfg, run_dir=ctx.tmp / "straight" / slug)
+        part = train(**cfg, run_dir=ctx.tmp / "resumed" / slug, stop_after=stop_after)
+        ck.check(f"{name}: stopped part-way", part.status == "interrupted"
+                 and 0 < part.summary["iterations_done"] < cfg["iterations"],
+                 f"{part.status} at {part.summary['iterations_done']}")
+        resumed = train(**cfg, run_dir=ctx.tmp / "resumed" / slug)
+        diff = run_differences(straight.path, resumed.path)
+        ck.check(f"{name}: resumed run bit-identical to the straight one", straight.status == resumed.status ==
+                 "completed" and not diff, f"{len(diff)} differences {diff[:5]}" if diff else
+                 f"identical ({time.perf_counter() - t:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ddp
+
+def ddp_worker(cfg: dict):
+    "One rank under torchrun: initialise the group itself (so a refusal shows here), one all_reduce, then train()."
+    import torch.distributed as dist
+
+    from identity_study.train import train
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    device = cfg["device"]
+    if device.startswith("cuda"):
+        if torch.cuda.device_count() < world:
+            # every rank on the one GPU there is: the trainer takes cuda:LOCAL_RANK
+            os.environ["LOCAL_RANK"] = "0"
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    kw = dict(device_id=torch.device(device)) if cfg["backend"] == "nccl" else {}
+    dist.init_process_group(cfg["backend"], **kw)
+    t = torch.full((1,), float(rank + 1), device=device)
+    dist.all_reduce(t)
+    record = train(**cfg["train"], device=cfg["device"], run_dir=cfg["run_dir"])
+    metrics = record.metrics.drop(columns=["seconds", "images_per_second"]).to_dict("list")
+    Path(cfg["out_dir"], f"rank{rank}.json").write_text(json.dumps(dict(
+        status=record.status, metrics=metrics, world=world, all_reduce=t.item(), device=device,
+        backend=dist.get_backend()), default=str))
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(ctx: Ctx, backend: str, n: int, tag: str) -> dict:
+    c = dict(ctx.cfg["ddp"])
+    timeout = max(5.0, min(c.pop("timeout"), ctx.left() - 5))
+    c.pop("one_process")
+    run_dir, out_dir = ctx.tmp / f"ddp-{tag}" / "runs", ctx.tmp / f"ddp-{tag}" / "ranks"
+    out_dir.mkdir(parents=True)
+    cfg = dict(backend=backend, device=ctx.device, run_dir=str(run_dir), out_dir=str(out_dir),
+               train=dict(unit="preact", precision="fp32", deterministic=True, progress=False, **c))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+           str(free_port()), os.path.abspath(__file__), "--ddp-worker", json.dumps(cfg)]
+    print(f"  $ torchrun --nproc_per_node {n} ({backend})", flush=True)
+    t = time.perf_counter()
+    rc, output = run_killable(cmd, timeout, env=child_env())
+    ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
+    return dict(rc=rc, output=output, ranks=ranks, records=record_dirs(run_dir), seconds=time.perf_counter() - t)
+
+
+def section_ddp(ctx: Ctx, ck: Checks):
+    nccl = "nccl" if ctx.cuda else "gloo"
+    if not ctx.cuda:
+        ck.note("on the CPU gloo stands in for NCCL")
+    if ctx.cfg["ddp"]["one_process"]:
+        one = torchrun(ctx, nccl, 1, f"{nccl}1")
+        ck.check(f"one {nccl} process under torchrun: group, all_reduce and run", one["rc"] == 0
+                 and len(one["ranks"]) == 1 and one["ranks"][0]["all_reduce"] == 1.0
+                 and one["ranks"][0]["status"] == "completed",
+                 f"{one['seconds']:.0f} s" if one["rc"] == 0 else f"exit {one['rc']}: {last_line(one['output'])}")
+        if one["rc"] == 0:
+            ck.note("with one process the trainer takes its single-process path (no DDP wrapper); the NCCL group "
+                    "and its all_reduce are the worker's own")
+    gpus = torch.cuda.device_count() if ctx.cuda else 0
+    backend = nccl
+    if ctx.cuda and gpus < 2:
+        # NCCL refuses two ranks on one device (a duplicate GPU): not tried, its seconds go to the gloo run
+        ck.note(f"{gpus} GPU: two processes on gloo with CUDA tensors (NCCL needs a GPU per rank)")
+        backend = "gloo"
+    two = torchrun(ctx, backend, 2, f"{backend}2")
+    if two["rc"] != 0 and backend == "nccl":
+        ck.note(f"NCCL with two processes did not run ({'timeout' if two['rc'] is None else 'refused'}: "
+                f"{last_line(two['output'])}); two processes on gloo with CUDA tensors instead")
+        two, backend = torchrun(ctx, "gloo", 2, "gloo2"), "gloo"
+    ck.data(two_process_backend=backend, two_process_gpus=gpus)
+    if not ck.check(f"two processes ({backend}) ran to the end", two["rc"] == 0 and len(two["ranks"]) == 2,
+                    f"{two['seconds']:.0f} s" if two["rc"] == 0 else
+                    f"exit {two['rc']}: {last_line(two['output'])}"):
+        return
+    r0, r1 = two["ranks"]
+    ck.check("all_reduce over two ranks", r0["all_reduce"] == r1["all_reduce"] == 3.0, r0["all_reduce"], 3.0)
+    ck.check("both ranks completed with the same metrics", r0["status"] == r1["status"] == "completed"
+             and r0["metrics"] == r1["metrics"], f"{r0['status']}/{r1['status']}")
+    ck.check("one record, written by rank 0", len(two["records"]) == 1, [p.name for p in two["records"]])
+    if two["records"]:
+        from identity_study.records import load_record
+        p = load_record(two["records"][0]).params
+        ck.check("the record says two processes", p.get("world_size") == 2, p.get("world_size"), 2)
+    if ctx.cuda:
+        ck.check("the ranks trained on the GPU", all(r["device"].startswith("cuda") for r in two["ranks"]),
+                 [r["device"] for r in two["ranks"]])
+
+
+if __name__ == "__main__":          # one rank of the ddp section, under torchrun
+    if sys.argv[1:2] != ["--ddp-worker"]:
+        sys.exit("acceptance_checks.py is a module of gpu_acceptance.py; run that (torchrun starts this file with "
+                 "--ddp-worker for a rank of its ddp section)")
+    ddp_worker(json.loads(sys.argv[2]))

@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode

@@ -40,7 +40,6 @@ import time
 import warnings
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import pandas as pd
 import torch
 import torch.nn.functional as F

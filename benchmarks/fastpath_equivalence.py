@@ -20,7 +20,6 @@ import statistics
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -2,8 +2,8 @@
 own time limit, each writing its result the moment it ends, in the order of their value.
 
   IDENTITY_STUDY_COMMIT=<commit> bash benchmarks/gpu_first_run.sh OUT   # a lent GPU: set-up and every section, <= 570 s
-  python3 benchmarks/gpu_acceptance.py --print-command                 # that line, the commit filled in
-  python3 benchmarks/gpu_acceptance.py --out OUT --only compile         # rerun some sections (the rest is kept)
+  PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --print-command     # that line, the commit filled in
+  PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --out OUT --only compile   # rerun some sections (the rest kept)
   .venv/bin/python benchmarks/gpu_acceptance.py --device cpu --tiny --out /tmp/acc   # the same code on a CPU, ~1 min
 
 Sections, in this order (the most valuable first: the numbers only a GPU gives, then the proofs):
@@ -26,9 +26,12 @@ Sections, in this order (the most valuable first: the numbers only a GPU gives, 
   ddp         torchrun: one NCCL process, then two processes (NCCL on two GPUs, gloo on CUDA tensors on one)
 Files in --out (never more than these seven): env.json, checks.json, throughput.csv (rows of compile, throughput and
 resnet1001), sanity_metrics.csv, smoke.ipynb, sanity.ipynb, acceptance.log. --tiny runs every section at toy size
-(depth 20, a few steps, gloo for NCCL, compile with the aot_eager backend on a CPU), as tests/test_gpu_acceptance.py
-does. The checks themselves are in acceptance_checks.py. Needs papermill and ipykernel for the two notebook sections
-(benchmarks/README.md: preparing a GPU machine; there too, each section's expected time on an H100).
+(depth 8, a few steps, gloo for NCCL, compile with the aot_eager backend on a CPU), as tests/test_gpu_acceptance.py
+does. The checks, and the five sections that prove rather than time (env, smoke, sanity, resume, ddp), are in
+acceptance_checks.py; this file holds the timing sections (compile, throughput, resnet1001) and the driver. Needs
+papermill and ipykernel for the two notebook sections (benchmarks/README.md: preparing a GPU machine; there too, each
+section's expected time on an H100). identity_study is imported as installed or from PYTHONPATH=. (gpu_first_run.sh
+sets it).
 """
 from __future__ import annotations
 
@@ -38,27 +41,24 @@ import itertools
 import json
 import logging
 import math
-import os
-import socket
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
 import torch.nn.functional as F
 
 import acceptance_checks as A
-from _common import ROOT, _git, append_csv, gpu_name_without_cuda_init, machine, nvidia_smi, table
-import identity_study.models  # noqa: F401,E402  (imported once here: the forked sections inherit them)
-import identity_study.params  # noqa: F401,E402
-import identity_study.train  # noqa: F401,E402
+import identity_study.models  # noqa: F401  (imported once here: the forked sections inherit them)
+import identity_study.params  # noqa: F401
+import identity_study.train  # noqa: F401
+from _common import ROOT, append_csv, commit_and_dirty, gpu_name_without_cuda_init, table
+from acceptance_checks import CHECKS_JSON, LOG, THROUGHPUT_CSV, Ctx, ensure_cifar10, layout_name, tf32_available, \
+    trainer_defaults
 
 SECTIONS = ("env", "compile", "throughput", "resnet1001", "smoke", "sanity", "resume", "ddp")
-ENV_JSON, CHECKS_JSON, THROUGHPUT_CSV, SANITY_CSV = "env.json", "checks.json", "throughput.csv", "sanity_metrics.csv"
-SMOKE_NB, SANITY_NB, LOG = "smoke.ipynb", "sanity.ipynb", "acceptance.log"
 PAPER_ITERATIONS = 64_000
 MIN_SECTION_S = 15          # a section with less time than this left is skipped, not started to be killed
 COMPILE_ROWS = ("model-cudagraphs", "model", "units")
@@ -86,375 +86,28 @@ FULL = dict(
                  agree_steps=5, warmup=3, steps=20, min_row_s=30),
     probe=dict(n=32, c=64, hw=32, m=1024),
 )
+# toy sizes: every section's code at pre-act ResNet-8 (the smallest net: one unit per stage), a few steps
 TINY = dict(
     budget_s=400,
     reserves=dict(env=5, compile=15, throughput=15, resnet1001=5, smoke=15, sanity=15, resume=10, ddp=20),
     caps=dict(env=60, compile=150, throughput=120, resnet1001=90, smoke=150, sanity=150, resume=120, ddp=150),
-    smoke=dict(depth=20),
-    resume=dict(depth=20, dataset="synthetic", iterations=4, eval_every=2, stop_after=3, batch_size=16,
+    smoke=dict(depth=8),
+    resume=dict(depth=8, dataset="synthetic", iterations=4, eval_every=2, stop_after=3, batch_size=16,
                 train_subset=128),
     # gloo with one process would prove nothing that the two-process run does not
-    ddp=dict(depth=20, dataset="synthetic", iterations=4, eval_every=2, batch_size=16, train_subset=128, timeout=90,
+    ddp=dict(depth=8, dataset="synthetic", iterations=4, eval_every=2, batch_size=16, train_subset=128, timeout=90,
              one_process=False),
-    sanity=dict(params=dict(depth=20, iterations=8, batch_size=32, lr_steps="[4, 6]", warmup_iterations=0,
+    sanity=dict(params=dict(depth=8, iterations=8, batch_size=32, lr_steps="[4, 6]", warmup_iterations=0,
                             eval_every=4, train_subset=1024, eval_subset=128, final_eval_subset=128, progress=False),
                 max_error=None),
-    throughput=dict(nets=[20], batch_size=8, repeats=3, warmup=1, steps=1, busy_steps=1, workers=1),
-    resnet1001=dict(depth=20, batch_size=8, warmup=1, steps=2),
-    compile=dict(configs=[("model-cudagraphs", 20), ("model", 20), ("units", 20)], batch_size=8, agree_steps=2,
+    throughput=dict(nets=[8], batch_size=8, repeats=3, warmup=1, steps=1, busy_steps=1, workers=1),
+    resnet1001=dict(depth=8, batch_size=8, warmup=1, steps=2),
+    compile=dict(configs=[("model-cudagraphs", 8), ("model", 8), ("units", 8)], batch_size=8, agree_steps=2,
                  warmup=1, steps=2, min_row_s=5),
     probe=dict(n=4, c=16, hw=16, m=256),
 )
 
 warnings.filterwarnings("ignore", message=".*rebuilt copy.*")   # the JPEG-rebuilt CIFAR copy is expected here
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# what every section shares
-
-class Ctx:
-    "One section's settings: the device, the size (full or tiny), the output and scratch folders, its deadline."
-    def __init__(self, args, tmp, deadline: float):
-        self.args, self.device, self.tiny = args, args.device, args.tiny
-        self.cuda = self.device.startswith("cuda")
-        self.cfg = TINY if args.tiny else FULL
-        self.out, self.tmp, self.deadline = Path(args.out), Path(tmp), deadline
-        if self.cuda and ":" in self.device and torch.cuda.is_available():
-            torch.cuda.set_device(self.device)          # cuda:N: what a bare .cuda() or a library default takes
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def left(self) -> float:
-        "Seconds until this section is killed."
-        return self.deadline - time.monotonic()
-
-    def rows_base(self) -> dict:
-        "The columns that say where and with what a row was measured."
-        return dict(machine(self.device), **versions(self.device))
-
-
-def versions(device: str) -> dict:
-    "cuDNN, NCCL and driver versions, each None where it does not apply or cannot be read."
-    out = dict(cudnn=None, nccl=None, driver=None)
-    try:
-        out["cudnn"] = torch.backends.cudnn.version()
-    except Exception:          # a CPU-only build
-        pass
-    if device.startswith("cuda"):
-        try:
-            nccl = torch.cuda.nccl.version()
-            out["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
-        except Exception:
-            pass
-        smi = nvidia_smi(["driver_version"])
-        out["driver"] = smi[0]["driver_version"] if smi else None
-        if out["driver"] is None:
-            try:                                     # NVML's Python binding, where nvidia-smi is not on PATH
-                import pynvml
-                pynvml.nvmlInit()
-                out["driver"] = pynvml.nvmlSystemGetDriverVersion()
-            except Exception:
-                pass
-    return out
-
-
-def tf32_available(device: str) -> tuple[bool, str]:
-    "Whether this checkout's trainer knows precision 'tf32' on `device` (the note says why not)."
-    from identity_study.params import resolve
-    try:
-        resolve(precision="tf32", device=device, profile="smoke")
-    except ValueError as e:
-        return False, f"precision 'tf32' skipped: {str(e).splitlines()[0]}"
-    return True, ""
-
-
-def trainer_defaults(device: str, **params) -> dict:
-    "What the trainer resolves its defaults to on `device` (precision, channels_last)."
-    from identity_study.params import resolve
-    p = resolve(device=device, profile="smoke", **params)[0]
-    return dict(device=p["device"], precision=p["precision"], channels_last=p["channels_last"])
-
-
-def layout_name(channels_last: bool) -> str:
-    return "channels_last" if channels_last else "nchw"
-
-
-def ensure_cifar10(ctx: Ctx):
-    """CIFAR-10 in the data root, rebuilt from the compact copy (--compact, else ../shared/data) when missing: a GPU
-    machine gets the 19 MB JPEG copy, not the 178 MB pickles."""
-    from identity_study.data import cifar_files_status, data_root
-    root = data_root(None)
-    if cifar_files_status("cifar10", root) != "missing":
-        return
-    for base in (Path(ctx.args.compact), ROOT.parent / "shared" / "data"):
-        script = base / "make_torchvision_layout.py"
-        if script.is_file() and (base / "compact" / "cifar10").is_dir():
-            t = time.perf_counter()
-            rc, out = A.run_killable([sys.executable, str(script), "--compact", str(base / "compact"), "--root",
-                                      str(root), "--only", "cifar10"], max(10.0, ctx.left()), env=child_env())
-            if rc != 0:
-                raise RuntimeError(f"rebuilding CIFAR-10 from {base} failed: {A.last_line(out)}")
-            print(f"  rebuilt CIFAR-10 under {root} from {base} in {time.perf_counter() - t:.1f} s", flush=True)
-            return
-    raise FileNotFoundError(f"CIFAR-10 is not under {root} and no compact copy was found in {ctx.args.compact} or "
-                            "../shared/data (benchmarks/prepare_gpu_bundle.sh makes one)")
-
-
-def child_env(**extra) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in paths if p != str(ROOT)])
-    env.pop("IN_TEST", None)        # the training notebook would switch itself to its own smoke run
-    return env
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# env
-
-def section_env(ctx: Ctx, ck: A.Checks):
-    dev = ctx.device
-    if ctx.cuda and not ck.check("CUDA is available", torch.cuda.is_available(), torch.version.cuda):
-        return
-    info = dict(ctx.rows_base(), device=dev)
-    info["nvidia_smi"] = nvidia_smi(["index", "name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm",
-                                     "clocks.mem", "clocks.max.mem", "power.draw", "power.limit", "temperature.gpu",
-                                     "memory.total", "compute_mode"])
-    tensor_cores = False
-    if ctx.cuda:
-        props = torch.cuda.get_device_properties(dev)
-        info["gpu"] = dict(name=props.name, capability=f"{props.major}.{props.minor}",
-                           memory_gib=round(props.total_memory / 2**30, 1),
-                           multiprocessors=props.multi_processor_count, device_count=torch.cuda.device_count())
-        tensor_cores = props.major >= 8          # TF32 from Ampere on
-    info["math_modes_at_start"] = A.math_modes()
-    info["trainer_defaults"] = trainer_defaults(dev)
-    tf32, why = tf32_available(dev)
-    info["tf32_precision_available"] = tf32
-    if why:
-        ck.note(why)
-    probe = dict(as_found=A.conv_and_matmul_error(dev, ctx.cfg["probe"]))
-    info["math_modes_as_found"] = A.math_modes()
-    info["fp32_math_ieee"] = A.set_math(dev, "fp32")
-    probe["tf32_off"] = A.conv_and_matmul_error(dev, ctx.cfg["probe"])
-    if ctx.cuda:
-        info["fp32_math_tf32"] = A.set_math(dev, "tf32")
-        probe["tf32_on"] = A.conv_and_matmul_error(dev, ctx.cfg["probe"])
-        info["math_modes_tf32_on"] = A.math_modes()
-    info["tf32_probe_max_rel_error"] = probe
-    A.write_json(ctx.out / ENV_JSON, info)
-    print(json.dumps(info, indent=1, default=str), flush=True)
-
-    for key in ("torch", "cuda", "cudnn", "nccl", "driver") if ctx.cuda else ("torch",):
-        ck.check(f"{key} version read", info.get(key) not in (None, ""), info.get(key))
-    checks, notes = A.probe_verdicts(probe, tensor_cores)
-    for what, ok, value, expect in checks:
-        ck.check(what, ok, value, expect)
-    for text in notes:
-        ck.note(text)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# smoke and sanity: the training notebook through papermill
-
-def papermill(ctx: Ctx, notebook: str, params: dict, run_dir: Path, timeout: float):
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / "nbs" / "train.ipynb"), str(ctx.out / notebook), "--cwd",
-           str(ROOT), "--no-progress-bar", "-p", "run_dir", str(run_dir)]
-    for k, v in params.items():
-        cmd += ["-p", k, str(v)]
-    print("  $ " + " ".join(cmd), flush=True)
-    return A.run_killable(cmd, timeout, env=child_env())
-
-
-def check_notebook_run(ck: A.Checks, rc, output: str, run_dir: Path):
-    "The notebook ran to its end, wrote one completed record with finite training losses; (params, summary, rows)."
-    if not ck.check("papermill ran the notebook to its end", rc == 0,
-                    "ok" if rc == 0 else f"exit {rc}: {A.last_line(output)}"):
-        return None
-    records = A.record_dirs(run_dir)
-    if not ck.check("one run record written", len(records) == 1, [r.name for r in records]):
-        return None
-    path = records[0]
-    params = json.loads((path / "params.json").read_text())
-    summary = json.loads((path / "summary.json").read_text())
-    rows = A.read_csv(path / "metrics.csv")
-    ck.check("the run completed", summary["status"] == "completed", summary["status"])
-    losses = [r["train_loss"] for r in rows]
-    ck.check("every training loss is finite", rows and all(A.finite(x) for x in losses), losses)
-    ck.data(record=path.name, summary=summary, provenance={k: params.get(k) for k in (
-        "device", "device_name", "precision", "channels_last", "versions", "fp32_math", "cuda", "cudnn", "nccl",
-        "driver", "cpu_capability", "git_commit") if k in params})
-    return params, summary, rows
-
-
-def section_smoke(ctx: Ctx, ck: A.Checks):
-    ensure_cifar10(ctx)
-    params = dict(profile="smoke", **ctx.cfg["smoke"])
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    if ctx.device != auto:
-        params["device"] = ctx.device
-    expected = trainer_defaults(ctx.device, **ctx.cfg["smoke"])
-    run_dir = ctx.tmp / "smoke-runs"
-    rc, output = papermill(ctx, SMOKE_NB, params, run_dir, max(1.0, ctx.left() - 5))
-    got = check_notebook_run(ck, rc, output, run_dir)
-    if got is None:
-        return
-    p = got[0]
-    ck.check("the record's device", p["device"] == ctx.device, p["device"], ctx.device)
-    ck.check("the record's precision is the default", p["precision"] == expected["precision"], p["precision"],
-             expected["precision"])
-    ck.check("the record's layout is the default", p["channels_last"] == expected["channels_last"],
-             f"channels_last={p['channels_last']}", f"channels_last={expected['channels_last']}")
-
-
-def section_sanity(ctx: Ctx, ck: A.Checks):
-    ensure_cifar10(ctx)
-    cfg = ctx.cfg["sanity"]
-    params = dict(cfg["params"])
-    if ctx.device != ("cuda" if torch.cuda.is_available() else "cpu"):
-        params["device"] = ctx.device
-    run_dir = ctx.tmp / "sanity-runs"
-    rc, output = papermill(ctx, SANITY_NB, params, run_dir, max(1.0, ctx.left() - 5))
-    got = check_notebook_run(ck, rc, output, run_dir)
-    if got is None:
-        return
-    p, summary, rows = got
-    base = ctx.rows_base()
-    out = ctx.out / SANITY_CSV
-    out.unlink(missing_ok=True)
-    append_csv(out, [dict(r, run_id=p["run_id"], precision=p["precision"], channels_last=p["channels_last"], **base)
-                     for r in rows])
-    error = summary.get("final_test_error")
-    if cfg["max_error"] is None:
-        ck.note(f"tiny: no threshold on the test error ({error}); the losses' finiteness is the check")
-    else:
-        ck.check(f"final test error <= {cfg['max_error']:.0%}", error is not None and error <= cfg["max_error"],
-                 error, f"<= {cfg['max_error']}")
-    ck.data(images_per_second=[r.get("images_per_second") for r in rows])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# resume
-
-def section_resume(ctx: Ctx, ck: A.Checks):
-    from identity_study.train import train
-    c = dict(ctx.cfg["resume"])
-    stop_after = c.pop("stop_after")
-    base = dict(unit="preact", deterministic=True, progress=False, device=ctx.device, **c)
-    configs = {"preact fp32": dict(precision="fp32"), "preact bf16": dict(precision="bf16"),
-               "dropout_shortcut fp32": dict(unit="dropout_shortcut", precision="fp32")}
-    tf32, why = tf32_available(ctx.device)
-    if tf32:
-        configs["preact tf32"] = dict(precision="tf32")
-    else:
-        ck.note(why)
-    for name, extra in configs.items():
-        cfg, slug = {**base, **extra}, name.replace(" ", "-")
-        t = time.perf_counter()
-        straight = train(**cfg, run_dir=ctx.tmp / "straight" / slug)
-        part = train(**cfg, run_dir=ctx.tmp / "resumed" / slug, stop_after=stop_after)
-        ck.check(f"{name}: stopped part-way", part.status == "interrupted"
-                 and 0 < part.summary["iterations_done"] < cfg["iterations"],
-                 f"{part.status} at {part.summary['iterations_done']}")
-        resumed = train(**cfg, run_dir=ctx.tmp / "resumed" / slug)
-        diff = A.run_differences(straight.path, resumed.path)
-        ck.check(f"{name}: resumed run bit-identical to the straight one", straight.status == resumed.status ==
-                 "completed" and not diff, f"{len(diff)} differences {diff[:5]}" if diff else
-                 f"identical ({time.perf_counter() - t:.1f} s)")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ddp
-
-def ddp_worker(cfg: dict):
-    "One rank under torchrun: initialise the group itself (so a refusal shows here), one all_reduce, then train()."
-    import torch.distributed as dist
-
-    from identity_study.train import train
-    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    device = cfg["device"]
-    if device.startswith("cuda"):
-        if torch.cuda.device_count() < world:
-            # every rank on the one GPU there is: the trainer takes cuda:LOCAL_RANK
-            os.environ["LOCAL_RANK"] = "0"
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-    kw = dict(device_id=torch.device(device)) if cfg["backend"] == "nccl" else {}
-    dist.init_process_group(cfg["backend"], **kw)
-    t = torch.full((1,), float(rank + 1), device=device)
-    dist.all_reduce(t)
-    record = train(**cfg["train"], device=cfg["device"], run_dir=cfg["run_dir"])
-    metrics = record.metrics.drop(columns=["seconds", "images_per_second"]).to_dict("list")
-    Path(cfg["out_dir"], f"rank{rank}.json").write_text(json.dumps(dict(
-        status=record.status, metrics=metrics, world=world, all_reduce=t.item(), device=device,
-        backend=dist.get_backend()), default=str))
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(ctx: Ctx, backend: str, n: int, tag: str) -> dict:
-    c = dict(ctx.cfg["ddp"])
-    timeout = max(5.0, min(c.pop("timeout"), ctx.left() - 5))
-    c.pop("one_process")
-    run_dir, out_dir = ctx.tmp / f"ddp-{tag}" / "runs", ctx.tmp / f"ddp-{tag}" / "ranks"
-    out_dir.mkdir(parents=True)
-    cfg = dict(backend=backend, device=ctx.device, run_dir=str(run_dir), out_dir=str(out_dir),
-               train=dict(unit="preact", precision="fp32", deterministic=True, progress=False, **c))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
-           str(free_port()), os.path.abspath(__file__), "--ddp-worker", json.dumps(cfg)]
-    print(f"  $ torchrun --nproc_per_node {n} ({backend})", flush=True)
-    t = time.perf_counter()
-    rc, output = A.run_killable(cmd, timeout, env=child_env())
-    ranks = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
-    return dict(rc=rc, output=output, ranks=ranks, records=A.record_dirs(run_dir), seconds=time.perf_counter() - t)
-
-
-def section_ddp(ctx: Ctx, ck: A.Checks):
-    nccl = "nccl" if ctx.cuda else "gloo"
-    if not ctx.cuda:
-        ck.note("on the CPU gloo stands in for NCCL")
-    if ctx.cfg["ddp"]["one_process"]:
-        one = torchrun(ctx, nccl, 1, f"{nccl}1")
-        ck.check(f"one {nccl} process under torchrun: group, all_reduce and run", one["rc"] == 0
-                 and len(one["ranks"]) == 1 and one["ranks"][0]["all_reduce"] == 1.0
-                 and one["ranks"][0]["status"] == "completed",
-                 f"{one['seconds']:.0f} s" if one["rc"] == 0 else f"exit {one['rc']}: {A.last_line(one['output'])}")
-        if one["rc"] == 0:
-            ck.note("with one process the trainer takes its single-process path (no DDP wrapper); the NCCL group "
-                    "and its all_reduce are the worker's own")
-    gpus = torch.cuda.device_count() if ctx.cuda else 0
-    backend = nccl
-    if ctx.cuda and gpus < 2:
-        # NCCL refuses two ranks on one device (a duplicate GPU): not tried, its seconds go to the gloo run
-        ck.note(f"{gpus} GPU: two processes on gloo with CUDA tensors (NCCL needs a GPU per rank)")
-        backend = "gloo"
-    two = torchrun(ctx, backend, 2, f"{backend}2")
-    if two["rc"] != 0 and backend == "nccl":
-        ck.note(f"NCCL with two processes did not run ({'timeout' if two['rc'] is None else 'refused'}: "
-                f"{A.last_line(two['output'])}); two processes on gloo with CUDA tensors instead")
-        two, backend = torchrun(ctx, "gloo", 2, "gloo2"), "gloo"
-    ck.data(two_process_backend=backend, two_process_gpus=gpus)
-    if not ck.check(f"two processes ({backend}) ran to the end", two["rc"] == 0 and len(two["ranks"]) == 2,
-                    f"{two['seconds']:.0f} s" if two["rc"] == 0 else
-                    f"exit {two['rc']}: {A.last_line(two['output'])}"):
-        return
-    r0, r1 = two["ranks"]
-    ck.check("all_reduce over two ranks", r0["all_reduce"] == r1["all_reduce"] == 3.0, r0["all_reduce"], 3.0)
-    ck.check("both ranks completed with the same metrics", r0["status"] == r1["status"] == "completed"
-             and r0["metrics"] == r1["metrics"], f"{r0['status']}/{r1['status']}")
-    ck.check("one record, written by rank 0", len(two["records"]) == 1, [p.name for p in two["records"]])
-    if two["records"]:
-        p = json.loads((two["records"][0] / "params.json").read_text())
-        ck.check("the record says two processes", p.get("world_size") == 2, p.get("world_size"), 2)
-    if ctx.cuda:
-        ck.check("the ranks trained on the GPU", all(r["device"].startswith("cuda") for r in two["ranks"]),
-                 [r["device"] for r in two["ranks"]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -823,9 +476,9 @@ def section_resnet1001(ctx: Ctx, ck: A.Checks):
             append_csv(ctx.out / THROUGHPUT_CSV, [row])
 
 
-SECTION_FUNCTIONS = dict(env=section_env, compile=section_compile, throughput=section_throughput,
-                         resnet1001=section_resnet1001, smoke=section_smoke, sanity=section_sanity,
-                         resume=section_resume, ddp=section_ddp)
+SECTION_FUNCTIONS = dict(env=A.section_env, compile=section_compile, throughput=section_throughput,
+                         resnet1001=section_resnet1001, smoke=A.section_smoke, sanity=A.section_sanity,
+                         resume=A.section_resume, ddp=A.section_ddp)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -840,9 +493,9 @@ def summary_line(name: str, res: dict) -> str:
 
 
 def commit() -> str:
-    "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told."
-    sha = _git("rev-parse", "HEAD")
-    return sha + ("-dirty" if sha and _git("status", "--porcelain", "--untracked-files=no") else "")
+    "This checkout's commit, '-dirty' where tracked files differ from it: what a copy without .git is told (or was)."
+    sha, dirty = commit_and_dirty(short=False)
+    return sha + ("-dirty" if sha and dirty else "")
 
 
 def attempt_provenance(argv: list, args, budget: float) -> dict:
@@ -854,7 +507,7 @@ def attempt_provenance(argv: list, args, budget: float) -> dict:
                 device=args.device, tiny=args.tiny, budget_s=budget, hostname=platform.node(),
                 gpu=gpu_name_without_cuda_init() if args.device.startswith("cuda") else "",
                 python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                cuda=torch.version.cuda or "", git_commit=commit() or os.environ.get("IDENTITY_STUDY_COMMIT", ""))
+                cuda=torch.version.cuda or "", git_commit=commit())
 
 
 def plan(only, cfg: dict, budget: float) -> dict:
@@ -884,13 +537,9 @@ def main(argv=None) -> int:
     ap.add_argument("--plan", action="store_true",
                     help="print, as JSON, each section's reserve (expected seconds on an H100), cap, and the limit it "
                          "gets when every section before it takes its reserve; then exit")
-    ap.add_argument("--ddp-worker", help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
 
-    if args.ddp_worker:
-        ddp_worker(json.loads(args.ddp_worker))
-        return 0
     if args.print_command:
         print(f'IDENTITY_STUDY_COMMIT={commit() or "unknown"} bash benchmarks/gpu_first_run.sh "$OUT"')
         return 0
@@ -924,7 +573,7 @@ def main(argv=None) -> int:
             def target(ck, tmp, name=name, limit=limit, start=time.monotonic()):
                 run_args = argparse.Namespace(**vars(args))
                 print(f"{name} on {args.device}{' (tiny)' if args.tiny else ''}", flush=True)
-                SECTION_FUNCTIONS[name](Ctx(run_args, tmp, start + limit), ck)
+                SECTION_FUNCTIONS[name](Ctx(run_args, cfg, tmp, start + limit), ck)
             res = A.run_section(name, target, limit, out / LOG)
         else:
             res = dict(section=name, status="skipped", checks=[], notes=[], seconds=0.0,

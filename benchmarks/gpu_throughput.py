@@ -22,7 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import gpu_acceptance
 
 from _common import ROOT, append_csv

@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import torch
 
 from _common import ROOT, LoadProbe, append_csv, machine, table, warn_if_busy

@@ -27,7 +27,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the source tree on sys.path)
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,17 +77,17 @@ def train(precisions, seeds: int, runs_dir: Path, reverse: bool = False, rerun_s
 
 def gather(runs_dir: Path, seeds) -> tuple[pd.DataFrame, pd.DataFrame]:
     "The finished runs of the comparison (final numbers) and their metric rows."
+    from identity_study.records import TERMINAL_STATUSES, load_record, read_status
     rows, curves = [], []
     for r in run_ids(seeds):
         path = runs_dir / r["run_id"]
+        if read_status(path) not in TERMINAL_STATUSES:
+            continue
         try:
-            summary = json.loads((path / "summary.json").read_text())
-            params = json.loads((path / "params.json").read_text())
+            record = load_record(path)
         except (OSError, ValueError):
             continue
-        if summary.get("status") not in ("completed", "diverged"):
-            continue
-        m = pd.read_csv(path / "metrics.csv")
+        summary, params, m = record.summary, record.params, record.metrics
         train_rows = m.dropna(subset=["train_loss"])
         rows.append(dict(r, status=summary["status"], final_test_error=100 * summary["final_test_error"],
                          final_train_loss=float(train_rows.train_loss.iloc[-1]),

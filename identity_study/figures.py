@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np

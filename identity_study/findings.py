@@ -5,7 +5,6 @@
 # %% ../nbs/09a_findings.ipynb #c0c5f298
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 from dataclasses import dataclass

@@ -167,29 +167,42 @@ def check_data(todo: list, data_dir=None):
                                  "holds it")
 
 
+def _executor_options(args) -> dict | None:
+    """The flags of the other executor refused (the table's and the protocol's runs alike); for `--executor slurm`
+    the Slurm options (the --site file, its flags winning), for `--executor local` None."""
+    if args.executor == "local":
+        given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
+        given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --executor slurm")
+        return None
+    given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply to --executor local; on Slurm, say "
+                         "--gpus-per-run, --cpus-per-run, --max-parallel")
+    site = load_site(args.site) if args.site else {}
+    return slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
+                                  for f, _ in _SLURM_FLAGS})
+
+
 def _run(args) -> int:
     if args.table == "protocol":
         return _run_protocol(args)
     overrides = _overrides(args)
     profile, seeds = _table_selection(args)
-    slurm_given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
-    slurm_given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
+    opts = _executor_options(args)
     if args.executor == "local":
-        if slurm_given:
-            raise ValueError(f"{', '.join(slurm_given)} only apply to --executor slurm")
+        gpus, jobs = (args.gpus.split(",") if args.gpus else None), args.jobs or 1
+        check_jobs(jobs)
+        # planned once, as `sweep` plans it: the data checked on the very runs that are then started
+        todo = plan_table(args.table, profile, seeds, Path(args.runs_dir), args.data_dir, overrides, args.only,
+                          fixed=dict(device="cuda" if gpus else args.device or "auto"),
+                          defaults=pool_defaults(gpus, jobs))
         if not args.dry_run and "dataset" not in overrides:
-            check_data(plan_table(args.table, profile, seeds, args.runs_dir, args.data_dir, overrides, args.only),
-                       args.data_dir)
-        frame = sweep(args.table, profile, seeds, args.runs_dir, args.data_dir, args.device or "auto",
-                      args.gpus.split(",") if args.gpus else None, args.jobs or 1, overrides, args.only, args.dry_run)
+            check_data(todo, args.data_dir)
+        frame = run_plan(todo, args.runs_dir, gpus, jobs, args.dry_run,
+                         f"sweep {args.table} ({profile}, seeds {seeds})")
     else:
-        local_given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
-        if local_given:
-            raise ValueError(f"{', '.join(local_given)} only apply to --executor local; on Slurm, say "
-                             "--gpus-per-run, --cpus-per-run, --max-parallel")
-        site = load_site(args.site) if args.site else {}
-        opts = slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
-                                      for f, _ in _SLURM_FLAGS})
         frame = slurm_sweep(args.table, profile, seeds, args.runs_dir, args.data_dir, overrides, args.only,
                             opts, args.dry_run, args.wait, args.poll)
     failed = len(frame) and ((frame.status == "failed") | (frame.get("action", pd.Series(dtype=str)) == "failed")).sum()
@@ -284,23 +297,14 @@ def _log_states(states: pd.DataFrame, protocol: dict, verbose: bool = True, lane
 def _run_protocol(args) -> int:
     protocol, claims, configurations, overrides = _protocol_selection(args)
     gpus = args.gpus.split(",") if args.gpus else None
+    opts = _executor_options(args)
     if args.executor == "local":
-        slurm_given = [f for f, _ in _SLURM_FLAGS if getattr(args, f[2:].replace("-", "_")) is not None]
-        slurm_given += [f for f in ("--site", "--wait") if getattr(args, f[2:])]
-        if slurm_given:
-            raise ValueError(f"{', '.join(slurm_given)} only apply to --executor slurm")
         lanes = len(gpus) if gpus else (args.jobs or 1)
         check_jobs(lanes)
         fixed = {**overrides, "device": "cuda" if gpus else (args.device or overrides.get("device") or "auto")}
         todo = plan_protocol(args.runs_dir, protocol, claims, configurations, args.data_dir, fixed=fixed,
                              defaults=pool_defaults(gpus, lanes))
     else:
-        local_given = [f for f in ("--device", "--gpus", "--jobs") if getattr(args, f[2:]) is not None]
-        if local_given:
-            raise ValueError(f"{', '.join(local_given)} only apply to --executor local")
-        site = load_site(args.site) if args.site else {}
-        opts = slurm_options(site, **{f[2:].replace("-", "_"): getattr(args, f[2:].replace("-", "_"))
-                                      for f, _ in _SLURM_FLAGS})
         extra = slurm_execution(opts, overrides)
         if extra["precision"] != protocol["protocol"]["precision"]:
             raise ValueError(f"the protocol's runs are {protocol['protocol']['precision']}, not {extra['precision']}")

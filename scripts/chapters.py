@@ -1,7 +1,7 @@
 """Execute the chapters of nbs/ on their full path and commit their outputs into the notebooks (`make chapters`).
 
-    .venv/bin/python scripts/chapters.py                  # every chapter, 00 .. 10
-    .venv/bin/python scripts/chapters.py 09_figures 10    # some of them (a name, its number, or its file)
+    .venv/bin/python -m scripts.chapters                  # every chapter, 00 .. 10 (from the repository root)
+    .venv/bin/python -m scripts.chapters 09_figures 10    # some of them (a name, its number, or its file)
 
 Each chapter runs in a fresh kernel from nbs/ (as nbdev_test and JupyterLab run it), without IN_TEST, so the
 outputs are those of the full run a reader needs. The executed notebook is cleaned as `nbdev_clean` cleans it (so
@@ -9,7 +9,7 @@ outputs are those of the full run a reader needs. The executed notebook is clean
 `code_stamp`) and written atomically over the source. A chapter that fails keeps its previous file. nbs/train.ipynb
 is not a chapter: it is papermill's template, run by every training run.
 
-`scripts/check_chapters.py` (part of `make test`) reads the stamps back and lists every chapter whose outputs are
+`python -m scripts.check_chapters` (part of `make test`) reads the stamps back and lists every chapter whose outputs are
 missing or older than the code.
 """
 from __future__ import annotations
@@ -204,7 +204,6 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may take (default 3600)")
     args = parser.parse_args(argv)
     todo = select(args.chapters)
-    sys.path.insert(0, str(REPO))
     # the data root as the caller means it (relative to the working folder), handed to each kernel relative to nbs/
     data_root = Path(os.environ.get("IDENTITY_STUDY_DATA") or REPO / "data").resolve()
     failed, total = [], time.monotonic()

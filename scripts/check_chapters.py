@@ -17,8 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import META_KEY, REPO, cells_fingerprint, chapters, count_outputs, package_fingerprint  # noqa: E402
+from scripts.chapters import META_KEY, REPO, cells_fingerprint, chapters, count_outputs, package_fingerprint
 
 MAX_IMAGE = 600_000          # bytes of base64 in one image output
 MAX_TEXT = 200_000           # characters in one text output

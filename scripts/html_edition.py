@@ -2,7 +2,7 @@
 chapter order, maths rendered by a copy of Debian's MathJax inside the site, images embedded in the pages, and the
 links between chapters pointing at their pages. Open _site/index.html; nothing is fetched from the network.
 
-    .venv/bin/python scripts/html_edition.py [--out _site]
+    .venv/bin/python -m scripts.html_edition [--out _site]
 
 The pages show the outputs committed in the notebooks (`make chapters` regenerates them); nothing is executed here.
 """
@@ -13,11 +13,9 @@ import html
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import PARTS, REPO, part_of, reading_order  # noqa: E402
+from scripts.chapters import PARTS, REPO, part_of, reading_order
 
 MATHJAX = Path("/usr/share/javascript/mathjax")      # Debian's libjs-mathjax (MathJax 2.7)
 # what the pages use of it: the loader, the TeX input, the CommonHTML output and its web fonts

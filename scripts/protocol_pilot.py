@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from identity_study.findings import Record, configuration_params, load_protocol
+from identity_study.params import find_records
+from identity_study.records import load_record, read_runs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from identity_study.findings import Record, configuration_params, load_protocol  # noqa: E402
-from identity_study.params import find_records  # noqa: E402
-from identity_study.records import load_record, read_runs  # noqa: E402
 
 RUNS = ROOT / "runs"
 METRICS = ("final_test_error", "final_train_loss", "early_log_loss")
@@ -40,7 +40,8 @@ def records(cfg: dict, seeds, profile: str, precisions=("fp32", "bf16")) -> list
     record found by its own params.json in the one reading of runs/ (`records.read_runs`), no precision guessed."""
     runs = _runs()
     finished = runs[runs.status.isin(("completed", "diverged")) & runs.precision.isin(precisions)]
-    configs = [{k: v for k, v in c.items() if k != "precision"} for c in configuration_params(cfg, seeds, profile=profile)]
+    configs = [{k: v for k, v in c.items() if k != "precision"}
+               for c in configuration_params(cfg, seeds, profile=profile)]
     out = []
     for found in find_records(finished, configs):
         found = sorted(found, key=lambda f: precisions.index(finished.precision[f]))

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from chapters import META_KEY, cells_fingerprint, code_stamp, package_fingerprint  # noqa: E402
-from check_chapters import problems  # noqa: E402
+from scripts.chapters import META_KEY, cells_fingerprint, code_stamp, package_fingerprint
+from scripts.check_chapters import problems
 
 
 def notebook(outputs, source="x = 1\nprint(x)"):
@@ -95,7 +94,7 @@ def test_the_package_fingerprint_covers_every_module():
 
 def test_chapters_clean_a_notebook_as_nbdev_clean_does(tmp_path):
     "scripts/chapters.py cleans through nbdev's public API: the same file as the nbdev_clean command writes."
-    from chapters import REPO, _clean
+    from scripts.chapters import REPO, _clean
     dirty = notebook([{"output_type": "execute_result", "execution_count": 3, "metadata": {},
                        "data": {"text/plain": ["<Thing at 0x7f3a2c1d9e80>"]}}, stdout("1\n")])
     dirty["cells"][1].update(execution_count=3, metadata={"tags": ["parameters"], "collapsed": True,

@@ -12,7 +12,8 @@ import pytest
 from matplotlib.text import Text
 
 from identity_study.experiments import TABLES
-from identity_study.figures import (FIGURES, table_entry, seeds_figure, curve_data, depth_figure, draw_figure, entry_run_ids,
+from identity_study.figures import (FIGURES, table_entry, seeds_figure, curve_data, depth_figure, draw_figure,
+                                    entry_run_ids,
                                     plot_training_curves, save_figure, series_label)
 from identity_study.propagation import plot_propagation
 

@@ -23,7 +23,8 @@ MACHINE = ["device_name", "torch", "cuda", "cudnn", "nccl", "driver", "git_commi
 
 
 def _load(name: str):
-    "A module of benchmarks/ by its path (benchmarks/ is not a package, and nothing here edits sys.path)."
+    """A module of benchmarks/ by its path, registered under its name (benchmarks/ is not a package, and nothing here
+    edits sys.path): a later `import _common` in a module of benchmarks/ finds it loaded."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -31,6 +32,7 @@ def _load(name: str):
     return module
 
 
+C = _load("_common")
 A = _load("acceptance_checks")
 
 
@@ -209,6 +211,55 @@ def test_a_command_cut_at_its_timeout_leaves_no_process_behind(tmp_path):
     rc, out = A.run_killable([sys.executable, "-c", CHILD, str(pids)], 3)
     started = _pids(pids)
     assert rc is None and len(started) == 3 and not [p for p in started if A.alive(p)]
+
+
+def test_the_process_walk_finds_a_child_and_its_cpu_time():
+    "_common's walk of /proc, which the section kills and the benchmarks' CPU accounting share."
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        table = C.process_table()
+        assert child.pid in C.descendants({os.getpid()}, table) and table[child.pid][1] == os.getpid()
+        assert C.descendants({-1}, table) == set()
+    finally:
+        child.kill()
+        child.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the checks of the proof sections, on a record of the package's own
+
+@pytest.fixture(scope="module")
+def tiny_record(tmp_path_factory):
+    from identity_study.train import train
+    record = train(depth=8, dataset="synthetic", iterations=4, eval_every=2, batch_size=16, train_subset=64,
+                   deterministic=True, progress=False, device="cpu", precision="fp32",
+                   run_dir=tmp_path_factory.mktemp("runs"))
+    return record.path
+
+
+def test_a_notebook_run_is_judged_by_its_record(tiny_record):
+    ck = A.Checks("smoke", None)
+    record = A.check_notebook_run(ck, 0, "", tiny_record.parent)
+    assert record.run_id == tiny_record.name and [c["ok"] for c in ck.result["checks"]] == [True] * 4
+    failed = A.Checks("smoke", None)
+    assert A.check_notebook_run(failed, 1, "ValueError: unit 'nope'", tiny_record.parent) is None
+    assert failed.result["checks"][0]["value"] == "exit 1: ValueError: unit 'nope'"
+
+
+def test_a_resumed_record_differs_from_a_straight_one_only_where_it_does(tiny_record, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_record, copy)
+    assert A.run_differences(tiny_record, copy) == []
+    metrics = (copy / "metrics.csv").read_text().splitlines()
+    first = metrics[1].split(",")
+    first[3] = "9.99"                                           # train_loss of the first row
+    (copy / "metrics.csv").write_text("\n".join([metrics[0], ",".join(first), *metrics[2:]]) + "\n")
+    assert A.run_differences(tiny_record, copy) == ["metrics.csv"]
+
+
+def test_the_versions_are_the_run_records_own():
+    assert A.versions("cpu") == dict(cudnn=None, nccl=None, driver=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,14 +3,13 @@ chapter belongs to one part and says so at its top, asks its question, ends with
 chapter in reading order; README.md's chapter tables list the parts in the same order."""
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts.chapters import PARTS, part_of, reading_order
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from chapters import PARTS, part_of, reading_order  # noqa: E402
 
 ORDER = reading_order()
 STEMS = [p.stem for p in ORDER]

@@ -20,14 +20,12 @@ How the numbers are made (printed under the table too):
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 from identity_study.experiments import TABLES, configs  # noqa: E402
 from identity_study.models import build  # noqa: E402
 from identity_study.params import resolve  # noqa: E402

@@ -1,4 +1,5 @@
-"""The study as a reader meets it, in a real browser (`make test-browser`).
+"""The study as a reader meets it, in a real browser (`make test-browser`, which runs `pytest tests/browser`; plain
+`pytest` does not collect this folder: pyproject.toml's norecursedirs).
 
 Starts `jupyter lab` on localhost (its own port, token, runtime, config, settings and workspace folders; stopped at
 the end however the test ends) and drives Debian's Chromium through Playwright:
@@ -12,11 +13,11 @@ the end however the test ends) and drives Debian's Chromium through Playwright:
 3. every page of the HTML edition (`make html`, _site/) renders the same way, served from a local folder with no
    network, and every link between its pages leads to a page.
 
-A screenshot of each page goes to .browser-shots/ (git-ignored), taken where a check failed when one did.
+A screenshot of each page goes to .browser-shots/ (git-ignored), taken where a check failed when one did. Select
+with `-k` (`make test-browser PYTEST_ARGS="-k html"`); BROWSER_CHAPTERS="08d_sweep_slurm ..." opens only those chapters.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -37,8 +38,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chapters import REPO, chapters  # noqa: E402
+import pytest
+
+from scripts.chapters import REPO, chapters
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = REPO / ".browser-shots"
@@ -477,52 +479,83 @@ def check_site(browser, site: Path, results: Results):
                       else [])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", help="chapters to open in JupyterLab (default: all)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["lab", "train", "site"], help="parts to skip")
-    parser.add_argument("--site", default=str(REPO / "_site"))
-    args = parser.parse_args(argv)
-    from playwright.sync_api import sync_playwright
+# ---------------------------------------------------------------------------------------------------------------
+# the tests: one browser and one JupyterLab for the module
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (the dev extra)")
     if not Path(CHROMIUM).exists():
-        print(f"no browser at {CHROMIUM}: install Debian's chromium (bash scripts/system_packages.sh)")
-        return 1
+        pytest.fail(f"no browser at {CHROMIUM}: install Debian's chromium (bash scripts/system_packages.sh)")
     shutil.rmtree(SHOTS, ignore_errors=True)
-    results = Results()
-    start = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="identity-study-browser-"))
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                      "--disable-dev-shm-usage"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    print(f"screenshots in {SHOTS.relative_to(REPO)}/")
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="identity-study-browser-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(workdir):
+    "(url, token) of a JupyterLab of this checkout, stopped at the end of the module."
     env = {k: v for k, v in os.environ.items() if k != "IN_TEST"}
     env.setdefault("IDENTITY_STUDY_DATA", str(REPO / "data"))
     env.setdefault("OMP_NUM_THREADS", "1")
-    def notebooks():
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((REPO / "nbs").glob("*.ipynb"))}
-    before = notebooks()
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
-                                                                         "--disable-dev-shm-usage"])
-            try:
-                if "lab" not in args.skip or "train" not in args.skip:
-                    with jupyter_lab(workdir, env) as (url, token):
-                        if "lab" not in args.skip:
-                            check_chapters_in_lab(browser, url, token, results, args.only)
-                        if "train" not in args.skip:
-                            check_train_notebook(browser, url, token, results, workdir)
-                check_the_checks(browser, results)
-                if "site" not in args.skip:
-                    check_site(browser, Path(args.site), results)
-            finally:
-                browser.close()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    after = notebooks()
-    results.check("no notebook of nbs/ changed on disk (JupyterLab never saved one)",
-                  [f"changed: {name}" for name in before if before[name] != after.get(name)])
-    shown = SHOTS.relative_to(REPO)
-    print(f"screenshots in {shown}/; {time.monotonic() - start:.0f} s")
+    with jupyter_lab(workdir, env) as (url, token):
+        yield url, token
+
+
+def _notebooks() -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((REPO / "nbs").glob("*.ipynb"))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def notebooks_unchanged():
+    "No notebook of nbs/ changes on disk while the module runs (JupyterLab never saves one)."
+    before = _notebooks()
+    yield
+    after = _notebooks()
+    changed = [name for name in before if before[name] != after.get(name)]
+    assert not changed, f"notebooks of nbs/ changed on disk: {changed}"
+
+
+def _passed(results: Results) -> bool:
     print(f"{len(results.passed)} passed, {len(results.failed)} failed")
-    return 1 if results.failed else 0
+    return not results.failed
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def test_the_page_checks_catch_a_bad_page(browser):
+    results = Results()
+    check_the_checks(browser, results)
+    assert _passed(results), results.failed
+
+
+def test_every_chapter_renders_in_jupyterlab(browser, lab):
+    "BROWSER_CHAPTERS='08d_sweep_slurm 10_mini_reproduction' opens only those."
+    results = Results()
+    check_chapters_in_lab(browser, *lab, results, os.environ.get("BROWSER_CHAPTERS", "").split() or None)
+    assert _passed(results), results.failed
+
+
+def test_a_reader_trains_through_the_notebook(browser, lab, workdir):
+    results = Results()
+    check_train_notebook(browser, *lab, results, workdir)
+    assert _passed(results), results.failed
+
+
+def test_the_html_edition_renders_offline(browser):
+    "The pages of `make html` (_site/, or BROWSER_SITE)."
+    results = Results()
+    check_site(browser, Path(os.environ.get("BROWSER_SITE", REPO / "_site")), results)
+    assert _passed(results), results.failed
