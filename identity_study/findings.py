@@ -27,9 +27,9 @@ CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol confi
 
 # %% auto #0
 __all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
-           'descends_from', 'Judge', 'welch', 'claim_test', 'holm', 'holm_levels', 'verdict', 'configuration_runs',
-           'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of', 'machine_check',
-           'within_seed_correlation', 'familywise_bound', 'series_contrasts', 'first_epoch_view']
+           'descends_from', 'Judge', 'welch', 'paired', 'claim_test', 'holm', 'holm_levels', 'verdict',
+           'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of',
+           'machine_check', 'within_seed_correlation', 'familywise_bound', 'series_contrasts', 'first_epoch_view']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_scale(cfg: dict) -> dict:
@@ -202,6 +202,15 @@ def welch(a, b) -> tuple[float, float, float]:
     return float(a.mean() - b.mean()), se, df
 
 
+def paired(a, b) -> tuple[float, float, float]:
+    "mean(a - b) over matched pairs (the same seed on both sides), its standard error and n - 1 degrees of freedom."
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"a paired test needs as many values on each side, got {len(a)} and {len(b)}")
+    diff = a - b
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff))), float(len(diff) - 1)
+
+
 def _student_t():
     # scipy comes with the [figures] extra: imported on first use, so that the rest of this module needs the core only
     from scipy.stats import t
@@ -213,11 +222,12 @@ def _above(t: float, df: float) -> float:
     return float(_student_t().sf(t, df))
 
 
-def claim_test(direction: str, a, b, margin: float | None = None, level: float = 0.05) -> dict:
+def claim_test(direction: str, a, b, margin: float | None = None, level: float = 0.05, matched: bool = False) -> dict:
     """Welch's test of one claim: the difference a - b with its two-sided (1 - level) interval and the claim's p. For
     "same" (margin M) the p is min(TOST's p that |d| < M, the one-sided p that d lies beyond M on its side), and
-    `inside` says which of the two it was."""
-    d, se, df = welch(a, b)
+    `inside` says which of the two it was. `matched`: a[i] and b[i] share a seed, and the paired t-test replaces
+    Welch's (the protocol's claims never pair; a benchmark of one configuration at two precisions does)."""
+    d, se, df = (paired if matched else welch)(a, b)
     half = float(_student_t().ppf(1 - level / 2, df)) * se if se > 0 else 0.0
     out = dict(difference=d, ci_low=d - half, ci_high=d + half)
     if direction == "same":

@@ -372,3 +372,21 @@ def test_the_first_epoch_view_is_judged_by_the_engine_from_the_protocol_section(
     assert (w.p_holm, s.p_holm) == pytest.approx(tuple(holm([w.p, s.p]))) and pd.isna(g.p_holm)
     assert all(r.params["precision"] == "fp32" for c in configs.values() for r in c["records"])
     assert "difference +20.83" in w.study and g.study == ""
+
+
+def test_the_engine_pairs_by_seed_as_scipy_does():
+    "claim_test(matched=True): the paired t-test (difference, interval, p) and, for 'same', TOST on the pairs."
+    from scipy import stats
+    from identity_study.findings import claim_test
+    a, b = np.array([80.1, 61.3, 99.5, 70.2]), np.array([67.0, 60.1, 77.4, 69.0])
+    ref = stats.ttest_rel(a, b)
+    got = claim_test("worse", a, b, matched=True)
+    ci = ref.confidence_interval(0.95)
+    assert got["p"] == pytest.approx(ref.pvalue) and (got["ci_low"], got["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert got["p"] != pytest.approx(claim_test("worse", a, b)["p"])      # Welch's answer differs on the same data
+    same = claim_test("same", a, b, margin=5.0, matched=True)
+    tost = max(stats.ttest_rel(a + 5.0, b, alternative="greater").pvalue,
+               stats.ttest_rel(a - 5.0, b, alternative="less").pvalue)
+    assert (1 - same["p"] if not same["inside"] else same["p"]) == pytest.approx(tost)
+    with pytest.raises(ValueError, match="as many values"):
+        claim_test("worse", a, b[:3], matched=True)
