@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from identity_study.records import read_runs
 from scripts.chapters import REPO, chapters
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -374,10 +375,10 @@ def check_train_notebook(browser, url, token, results: Results, workdir: Path):
                     page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').first.scroll_into_view_if_needed()
             shot(page, f"lab-train-{case}")
             problems = [] if done else ["Run All did not finish within 300 s"]
-            records = sorted(p.parent.name for p in run_dir.glob("*/summary.json")) if run_dir.exists() else []
+            found = read_runs(run_dir) if run_dir.exists() else None
+            records = sorted(found.index) if found is not None else []
             if case == "smoke":
-                summaries = [json.loads(p.read_text()) for p in run_dir.glob("*/summary.json")]
-                if len(records) != 1 or summaries[0].get("status") != "completed":
+                if len(records) != 1 or found.status.iloc[0] != "completed":
                     problems.append(f"expected one completed record in the runs folder, found {records}")
                 if not re.search(r"final test error \d+\.\d+%", texts[-1] if texts else ""):
                     problems.append(f"the last cell did not print the final error: {texts[-1:]!r}")
