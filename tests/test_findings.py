@@ -400,3 +400,12 @@ def test_the_engine_pairs_by_seed_as_scipy_does():
     assert (1 - same["p"] if not same["inside"] else same["p"]) == pytest.approx(tost)
     with pytest.raises(ValueError, match="as many values"):
         claim_test("worse", a, b[:3], matched=True)
+
+
+def test_the_computing_code_is_the_campaigns():
+    """The judge counts a record only when its code fingerprint is that of the running checkout, so a change to what
+    computes (units, models, data, train) would stop every campaign record counting. The protocol names the campaign's
+    fingerprint ([amendments.1].campaign_code); until an amendment names another, the code must be it (issue 38:
+    device facts and the load governor stay in data.py and train.py while the campaign runs)."""
+    from identity_study.findings import load_protocol
+    assert code_fingerprint() == load_protocol(repo=ROOT)["amendments"]["1"]["campaign_code"]
