@@ -123,6 +123,7 @@ def _train_logged_held_at_the_end(cfg: dict, log: str):
     _train_logged(cfg, log)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     # training processes are forked from a server that has imported torch once: no 3 s import per process
     ctx = multiprocessing.get_context("forkserver")
@@ -276,6 +277,7 @@ def _assert_complete_sweep_record(path: Path):
     return params, summary
 
 
+@pytest.mark.slow
 def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("IN_TEST", raising=False)
@@ -327,6 +329,7 @@ def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # 3. two sweeps at once on the same runs/
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_train_every_run_once(tmp_path):
     runs = tmp_path / "runs"
     sets = dict(SWEEP_SET, depth=8, iterations=8)
@@ -425,6 +428,7 @@ def _bad_cases(tmp_path, names=None) -> list:
     return cases
 
 
+@pytest.mark.slow
 def test_bad_parameters_through_papermill(tmp_path):
     "Bad parameter sets through nbs/train.ipynb in a kernel: the notebook stops at one ValueError, runs/ stays empty."
     assert set(THROUGH_A_KERNEL) <= {name for name, *_ in BAD_PARAMS}
@@ -583,6 +587,7 @@ def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path
 # ---------------------------------------------------------------------------------------------------------------
 # 6. diverging configurations end with their record, and the sweep goes on
 
+@pytest.mark.slow
 def test_constant_scaling_0_5_1_at_the_papers_lr_leaves_a_complete_record(runs):
     "Whether this run diverges within a smoke run or not, its record says which, consistently."
     r = train(unit="constant_scaling", depth=110, shortcut_scale=0.5, residual_scale=1.0, profile="smoke",
@@ -603,6 +608,7 @@ def test_absurd_lr_diverges_with_its_record(runs):
     assert summary["final_test_error"] is None and math.isnan(metrics.train_loss.iloc[-1])
 
 
+@pytest.mark.slow
 def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("IN_TEST", raising=False)
@@ -620,6 +626,7 @@ def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # 7. the papermill parameters tag survives nbdev_clean
 
+@pytest.mark.slow
 def test_parameters_tag_survives_nbdev_clean_and_depth_56_is_built(tmp_path):
     copy = tmp_path / "train.ipynb"
     copy.write_text((ROOT / "nbs" / "train.ipynb").read_text())
