@@ -32,21 +32,26 @@ main: setup data
 
 # the whole test suite, as CI runs it. One thread per process: nbdev_test runs two notebooks at a time and several
 # tests run papermill kernels beside pytest, and on 2 cores OpenMP threads that share a core wait on each other.
-test nbtest pytest: export OMP_NUM_THREADS := 1
+test lint nbtest pytest: export OMP_NUM_THREADS := 1
 test: setup data system
 	bash scripts/check_export.sh
 	$(PY) scripts/readme_results.py --check
 	$(MAKE) check-chapters lint nbtest pytest
 
-# ruff over what is Python source outside the notebooks: the exported package, the tests, the benchmarks
+# ruff over what is Python source outside the notebooks: the exported package, the tests, the benchmarks; then the
+# prose and layout checks of tests/prose (README and notebook text, references, metadata, the import graph)
 lint:
 	.venv/bin/ruff check identity_study tests benchmarks scripts
+	.venv/bin/pytest -q tests/prose --durations=5
 
+# every notebook, two at a time; --timing prints each one's seconds
 nbtest:
 	.venv/bin/nbdev_test --n_workers 2 --timing
 
+# the tests on two processes (pytest-xdist; tests that share an expensive module fixture stay on one, see
+# tests/conftest.py), the 30 slowest printed. `pytest -m "not slow"` runs the quick ones.
 pytest:
-	.venv/bin/pytest -q --durations=15
+	.venv/bin/pytest -q -n 2 --dist loadgroup --durations=30
 
 lab: setup data
 	.venv/bin/jupyter lab nbs

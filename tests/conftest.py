@@ -36,6 +36,24 @@ def pretend_gpu_host(mp: pytest.MonkeyPatch):
 def pytest_configure(config):
     # the rebuilt copy warns once per process that it is not bit-comparable with the official files
     config.addinivalue_line("filterwarnings", "ignore:.*rebuilt copy.*:UserWarning")
+    # pytest-xdist's marker, known also where the tests run without it
+    config.addinivalue_line("markers", "xdist_group(name): with `-n N --dist loadgroup`, these tests run on one worker")
+
+
+# Module-scoped fixtures that cost a build or a training run. Under `make pytest` (pytest-xdist, `-n 2 --dist
+# loadgroup`) each worker that runs a test needing one builds its own copy, so the tests that share one are kept on
+# one worker: tests/test_package.py's `env` (an sdist, a wheel and a virtual environment), tests/test_faults.py's
+# `exact_reference` (a reference training run).
+SHARED_MODULE_FIXTURES = ("env", "exact_reference")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [name for name in SHARED_MODULE_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.path.name}::{shared[0]}"))
+    # the slow tests first (the order of the rest kept): on two workers a long test started last would run alone
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_report_header(config):

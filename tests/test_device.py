@@ -242,6 +242,7 @@ def test_the_whole_session_is_on_the_pretended_gpu_host():
     assert resolve_params(unit="preact", depth=20, dataset="synthetic")["device"] == "cuda"
 
 
+@pytest.mark.slow
 def test_the_device_tests_pass_on_a_gpu_host(tmp_path):
     "This file again with IDENTITY_STUDY_FAKE_GPU_HOST=1: every test of the CPU's fast path and threads says so."
     if os.environ.get(FAKE_GPU_HOST) == "1":

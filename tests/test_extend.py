@@ -79,6 +79,7 @@ def test_a_plugin_unit_trains_through_papermill(plugin):
     assert json.loads((record / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_plugin_unit_trains_through_a_sweep(plugin):
     module, unit, folder = plugin
     runs = folder / "runs"

@@ -5,6 +5,7 @@ Everything runs on tiny configurations (the synthetic data set, ResNet-8/20, a f
 Subprocesses get OMP_NUM_THREADS=1: on a busy 2-core machine one thread per process is much faster than two."""
 import concurrent.futures
 import contextlib
+import copy
 import errno
 import io
 import json
@@ -122,6 +123,7 @@ def _train_logged_held_at_the_end(cfg: dict, log: str):
     _train_logged(cfg, log)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
     # training processes are forked from a server that has imported torch once: no 3 s import per process
     ctx = multiprocessing.get_context("forkserver")
@@ -275,6 +277,7 @@ def _assert_complete_sweep_record(path: Path):
     return params, summary
 
 
+@pytest.mark.slow
 def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("IN_TEST", raising=False)
@@ -326,6 +329,7 @@ def test_killed_sweep_restarts_only_what_is_missing(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # 3. two sweeps at once on the same runs/
 
+@pytest.mark.slow
 def test_two_concurrent_sweeps_train_every_run_once(tmp_path):
     runs = tmp_path / "runs"
     sets = dict(SWEEP_SET, depth=8, iterations=8)
@@ -403,13 +407,32 @@ def test_bad_parameters_through_train(name, bad, message, runs, tmp_path, monkey
         assert Path(params["run_dir"]).read_text() == "x"
 
 
-def test_bad_parameters_through_papermill(tmp_path):
-    "Every set of BAD_PARAMS through nbs/train.ipynb: the notebook stops at one ValueError, runs/ stays empty."
+# The bad parameter sets that go through a real papermill kernel: one per path a parameter takes through the
+# notebook's first cells. A name papermill injects that the notebook does not define (found among the kernel's
+# globals, beside IPython's own), a list given with -p as a string (read back with ast.literal_eval), a number given
+# as a string, a run_dir that cannot be written (nothing may appear beside it), and a value resolve_params refuses.
+# Every set of BAD_PARAMS goes through the same cells in test_bad_parameters_through_the_notebooks_cells, without
+# a kernel (a kernel start costs seconds each).
+THROUGH_A_KERNEL = ["unknown parameter name", "lr_steps that are not numbers", "depth of a wrong type",
+                    "a run_dir that is a file", "unknown unit"]
+
+
+def _bad_cases(tmp_path, names=None) -> list:
+    "(name, message, folder, params) of each BAD_PARAMS set (of `names` only, when given), each in its own folder."
     cases = []
     for i, (name, bad, message) in enumerate(BAD_PARAMS):
-        case = tmp_path / f"case{i}"
-        (case / "runs").mkdir(parents=True)
-        cases.append((name, message, case, {"run_dir": str(case / "runs"), **_bad(bad, case)}))
+        if names is None or name in names:
+            case = tmp_path / f"case{i}"
+            (case / "runs").mkdir(parents=True)
+            cases.append((name, message, case, {"run_dir": str(case / "runs"), **_bad(bad, case)}))
+    return cases
+
+
+@pytest.mark.slow
+def test_bad_parameters_through_papermill(tmp_path):
+    "Bad parameter sets through nbs/train.ipynb in a kernel: the notebook stops at one ValueError, runs/ stays empty."
+    assert set(THROUGH_A_KERNEL) <= {name for name, *_ in BAD_PARAMS}
+    cases = _bad_cases(tmp_path, THROUGH_A_KERNEL)
     reads = _papermill_reads((str(v) for *_, params in cases for v in params.values()), tmp_path)
 
     def one(case):
@@ -431,6 +454,45 @@ def test_bad_parameters_through_papermill(tmp_path):
         if not ok:
             problems.append((name, proc.returncode, [(e["ename"], e["evalue"][:200]) for e in errors], tree(runs),
                              proc.stderr[-800:]))
+    assert len(results) == len(THROUGH_A_KERNEL) and not problems, problems
+
+
+def test_bad_parameters_through_the_notebooks_cells(tmp_path, monkeypatch):
+    """Every set of BAD_PARAMS through nbs/train.ipynb's own cells, as papermill parameterizes them (the values its
+    CLI reads from `-p`, its injected-parameters cell), executed in order in a fresh namespace of this process: the
+    notebook stops at one ValueError that says what is wrong, before any data is loaded or net built, runs/ empty."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    cases = _bad_cases(tmp_path)
+    reads = _papermill_reads((str(v) for *_, params in cases for v in params.values()), tmp_path)
+    monkeypatch.setattr(T, "make_source", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(T, "build", lambda *a, **k: pytest.fail("a net was built"))
+    monkeypatch.delenv("IN_TEST", raising=False)       # as _env(): the notebook would switch to its own smoke run
+    monkeypatch.chdir(ROOT)                             # papermill's --cwd
+    log = logging.getLogger("identity_study")
+    handlers, level = list(log.handlers), log.level     # the notebook's first cell adds a handler to show the log
+    notebook = load_notebook_node(str(ROOT / "nbs" / "train.ipynb"))
+    problems = []
+    try:
+        for name, message, folder, params in cases:
+            values = {k: json.loads(a[1])[k] if a[0] == "-y" else reads[a[2]]
+                      for k, a in ((k, _papermill_args({k: v}, reads)) for k, v in params.items())}
+            nb = parameterize_notebook(copy.deepcopy(notebook), values)
+            namespace, error = {"__name__": "__main__"}, None
+            with contextlib.redirect_stdout(io.StringIO()):
+                for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+                    try:
+                        exec(compile(cell.source, f"<train.ipynb code cell {i}>", "exec"), namespace)
+                    except Exception as e:             # the first error ends the notebook, as in a kernel
+                        error = e
+                        break
+            ok = type(error) is ValueError and message in str(error) and tree(folder / "runs") == []
+            if not ok:
+                problems.append((name, repr(error)[:300], tree(folder / "runs")))
+    finally:
+        log.handlers[:] = handlers
+        log.setLevel(level)
     assert not problems, problems
 
 
@@ -525,6 +587,7 @@ def test_both_checkpoints_corrupt_restarts_and_says_so(exact_reference, tmp_path
 # ---------------------------------------------------------------------------------------------------------------
 # 6. diverging configurations end with their record, and the sweep goes on
 
+@pytest.mark.slow
 def test_constant_scaling_0_5_1_at_the_papers_lr_leaves_a_complete_record(runs):
     "Whether this run diverges within a smoke run or not, its record says which, consistently."
     r = train(unit="constant_scaling", depth=110, shortcut_scale=0.5, residual_scale=1.0, profile="smoke",
@@ -545,6 +608,7 @@ def test_absurd_lr_diverges_with_its_record(runs):
     assert summary["final_test_error"] is None and math.isnan(metrics.train_loss.iloc[-1])
 
 
+@pytest.mark.slow
 def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("IN_TEST", raising=False)
@@ -562,6 +626,7 @@ def test_sweep_records_a_diverged_run_and_goes_on(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # 7. the papermill parameters tag survives nbdev_clean
 
+@pytest.mark.slow
 def test_parameters_tag_survives_nbdev_clean_and_depth_56_is_built(tmp_path):
     copy = tmp_path / "train.ipynb"
     copy.write_text((ROOT / "nbs" / "train.ipynb").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 
 from identity_study.experiments import FAIL, TABLES, configs
 from identity_study.figures import table_frame
@@ -33,6 +34,7 @@ def _outputs_so_far(nb_path) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_train_notebook_smoke_run_through_papermill(tmp_path):
     out = tmp_path / "out.ipynb"
     runs = tmp_path / "runs"
@@ -87,6 +89,7 @@ def test_registry_covers_every_row_of_tables_1_to_5():
     assert len(configs("table2", "paper")) == 50                          # 10 entries x the paper's 5 seeds
 
 
+@pytest.mark.slow
 def test_smoke_sweep_of_tables_1_and_2_and_the_figure_notebook(tmp_path, caplog):
     runs, figs = tmp_path / "runs", tmp_path / "figures"
     caplog.set_level(logging.INFO, logger="identity_study")       # the sweep reports through logging

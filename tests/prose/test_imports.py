@@ -3,7 +3,7 @@ functions too, forms a directed acyclic graph, so each room can be read after th
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "identity_study"
+PACKAGE = Path(__file__).resolve().parents[2] / "identity_study"
 
 
 def imports(path: Path) -> set:

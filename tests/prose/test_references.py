@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NBS = ROOT / "nbs"
 CHAPTER10 = "nbs/10_mini_reproduction.ipynb"
 

@@ -10,7 +10,7 @@ import pytest
 
 import identity_study
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings() -> dict:

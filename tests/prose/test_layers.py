@@ -19,7 +19,7 @@ FLOOR_OF = {m: i for i, floor in enumerate(FLOORS.values()) for m in floor}
 
 def test_every_module_has_a_floor():
     missing = sorted(set(graph()) - set(FLOOR_OF))
-    assert not missing, f"modules on no floor of tests/test_layers.py FLOORS: {missing}"
+    assert not missing, f"modules on no floor of tests/prose/test_layers.py FLOORS: {missing}"
 
 
 def arrows_up(edges: dict) -> list:
