@@ -9,7 +9,7 @@ import pytest
 
 from scripts.chapters import PARTS, part_of, reading_order
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 ORDER = reading_order()
 STEMS = [p.stem for p in ORDER]
