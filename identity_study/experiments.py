@@ -190,22 +190,12 @@ def entry_run_ids(entry: Entry, profile: str, seeds=range(5), overrides: dict | 
                   available=None) -> list:
     """The run ids of `entry` under `profile`, one a seed. `available`, a `records.read_runs` table: the records
     there, each found by its own parameters (its precision read from its params.json; the first of `PRECISIONS`
-    where a seed has several). A set of run ids: those of them this machine's precision or the others give.
-    Without `available`: the ids this machine would train."""
-    import pandas as pd
-    from .params import PRECISIONS, find_records
-    overrides = overrides or {}
-    configs = [{**c, **overrides} for c in entry.run_params(profile, seeds)]
-    if isinstance(available, pd.DataFrame):
-        return [found[0] for found in find_records(available, configs) if found]
-    if available is None or "precision" in overrides:
-        ids = [resolve_params(**c)["run_id"] for c in configs]
-        return ids if available is None else [i for i in ids if i in available]
-    out = []
-    for c in configs:
-        per_precision = [resolve_params(**c, precision=prec)["run_id"] for prec in PRECISIONS]
-        out += [i for i in per_precision if i in available][:1]
-    return out
+    where a seed has several). Without `available`: the ids this machine would train."""
+    from .params import find_records
+    configs = [{**c, **(overrides or {})} for c in entry.run_params(profile, seeds)]
+    if available is None:
+        return [resolve_params(**c)["run_id"] for c in configs]
+    return [found[0] for found in find_records(available, configs) if found]
 
 
 def registry_frame(profile: str = "paper") -> pd.DataFrame:

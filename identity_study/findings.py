@@ -20,7 +20,7 @@ from .protocol import (MAX_SEEDS, PROTOCOL_PATH, ProtocolError, checkout,  # noq
                                      configuration_entry, configuration_params, configuration_run_ids, load_protocol,
                                      planned_seeds)
 from .records import (TERMINAL_STATUSES, RunRecord, code_differences, code_fingerprint, load_record,
-                                    read_runs)
+                                    runs_table)
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable at this scale")
 CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol configuration evaluates on the test split)
@@ -281,7 +281,7 @@ def configuration_runs(name: str, judge: Judge, runs_dir) -> dict:
     """The runs of configuration `name`: those that count (`used`, its planned seeds' eligible records) and, by
     reason, the records of the same entry that do not (other precision, code, profile, seeds; before the protocol)."""
     cfg = judge.protocol["configurations"][name]
-    planned, runs = planned_seeds(cfg), _runs_table(runs_dir)
+    planned, runs = planned_seeds(cfg), runs_table(runs_dir)
     used, unused = [], {}
     entry = configuration_entry(cfg)
     for profile in [cfg["profile"], *(p for p in entry.profiles if p not in (cfg["profile"], "smoke"))]:
@@ -309,17 +309,12 @@ def _unused_text(unused: dict) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(unused.items())) or ""
 
 
-def _runs_table(runs) -> pd.DataFrame:
-    "`runs` as `records.read_runs` gives it: a runs folder is read, a table is taken as it is."
-    return runs if isinstance(runs, pd.DataFrame) else read_runs(runs)
-
-
 def gather_runs(runs_dir="runs", protocol: dict | None = None, repo=None) -> dict:
     """Every configuration of the protocol with its runs (`configuration_runs`), each record read (`records.read_runs`;
     `runs_dir` may be its table) and checked once: what `judge_claims` tests and `counted_runs` lists."""
     repo = Path(repo) if repo else checkout()
     protocol = protocol or load_protocol(repo=repo)
-    judge, runs = Judge.of(protocol, repo), _runs_table(runs_dir)
+    judge, runs = Judge.of(protocol, repo), runs_table(runs_dir)
     return {name: configuration_runs(name, judge, runs) for name in protocol["configurations"]}
 
 
@@ -563,7 +558,7 @@ def first_epoch_view(runs, protocol: dict) -> tuple[pd.DataFrame, dict]:
     claim the two sides' means, Welch's test (`claim_test`, "same" at the claim's margin) and Holm over the table."""
     section, alpha = protocol["first_epoch"], protocol["protocol"]["alpha"]
     num_classes, profile = protocol["protocol"]["num_classes"], section["profile"]
-    runs, now = _runs_table(runs), code_fingerprint()
+    runs, now = runs_table(runs), code_fingerprint()
     finished = runs[runs.status.isin(TERMINAL_STATUSES)] if len(runs) else runs
     configs = {}
     for name, where in section["configurations"].items():

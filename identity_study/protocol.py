@@ -5,7 +5,6 @@
 # %% ../nbs/07a_protocol.ipynb #58fea16c
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tomllib
@@ -15,7 +14,7 @@ import identity_study
 from . import experiments
 from .experiments import TABLES, Entry
 from .params import resolve_params
-from .records import read_summary
+from .records import machine_id, read_params, read_summary, scheduler_log
 
 PROTOCOL_PATH = Path("protocol") / "claims.toml"
 MAX_SEEDS = 10          # the protocol's cap on seeds per configuration (seed numbers stay below it)
@@ -163,29 +162,13 @@ def plan_protocol(runs_dir="runs", protocol: dict | None = None, claims=None, co
 MACHINE_KEYS = ("hostname", "machine_id", "device_name", "cpu_capability")
 
 
-def _machine_id() -> str | None:
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError:
-            continue
-    return None
-
-
 def started_on(run_path) -> dict | None:
     "The machine that first started the run in `run_path`: its first noted start, else its params.json; None if neither."
-    run_path = Path(run_path)
-    try:
-        first = json.loads((run_path / "scheduler.json").read_text())["attempts"][0]
-        if "device_name" in first:
-            return {k: first.get(k) for k in MACHINE_KEYS}
-    except (OSError, ValueError, KeyError, IndexError):
-        pass
-    try:
-        params = json.loads((run_path / "params.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return {k: params.get(k) for k in MACHINE_KEYS}
+    first = (scheduler_log(run_path).get("attempts") or [{}])[0]
+    if "device_name" in first:
+        return {k: first.get(k) for k in MACHINE_KEYS}
+    params = read_params(run_path)
+    return {k: params.get(k) for k in MACHINE_KEYS} if params else None
 
 
 def same_machine(there: dict | None, here: dict) -> bool:
@@ -198,5 +181,5 @@ def this_machine(device: str = "cpu") -> dict:
     "MACHINE_KEYS of this machine, as a run started here on `device` would record them."
     from identity_study.data import device_kind      # torch's view of the device; imported on use
     kind = device_kind(device)
-    return dict(hostname=platform.node(), machine_id=_machine_id(), device_name=kind["device_name"],
+    return dict(hostname=platform.node(), machine_id=machine_id(), device_name=kind["device_name"],
                 cpu_capability=kind["cpu_capability"])

@@ -44,10 +44,10 @@ __all__ = ['logger', 'EXECUTION_PARAMS', 'TERMINAL_STATUSES', 'COMPUTING_MODULES
            'RUN_COLUMNS', 'CHECKPOINT', 'PREV_CHECKPOINT', 'run_identity', 'identity_hash', 'run_id',
            'source_fingerprint', 'module_file', 'code_fingerprint', 'recorded_code', 'code_differences',
            'RecordWriteError', 'atomic_write', 'write_json', 'write_csv', 'FileLock', 'RunLockedError', 'RunLock',
-           'is_locked', 'scheduler_job', 'scheduler_log', 'note_attempt', 'end_attempt', 'RunRecord', 'load_record',
-           'read_runs', 'read_metrics', 'read_summary', 'read_status', 'archive_record', 'provenance',
-           'save_checkpoint', 'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint',
-           'load_checkpoint']
+           'is_locked', 'scheduler_job', 'scheduler_log', 'machine_id', 'library_versions', 'attempt_provenance',
+           'note_attempt', 'end_attempt', 'RunRecord', 'load_record', 'read_runs', 'runs_table', 'read_metrics',
+           'read_summary', 'read_params', 'read_status', 'archive_record', 'provenance', 'save_checkpoint',
+           'finish_interrupted_writes', 'UnsafeCheckpointError', 'read_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/04_records.ipynb #10b72353
 # parameters that say how or where a run executes, not what it computes: left out of the run's identity
@@ -267,13 +267,47 @@ def scheduler_log(path: Path) -> dict:
     return dict(attempts=attempts, requeued=sum(1 for a in attempts if (a.get("restart_count") or 0) > 0))
 
 
-def note_attempt(path: Path, **fields) -> int:
+def machine_id() -> str | None:
+    "This machine's id (systemd's /etc/machine-id): two hosts may share a name, never an id."
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError:
+            continue
+    return None
+
+
+def library_versions() -> dict:
+    "The versions of what computes a run: Python, torch, torchvision, numpy and this package."
+    import numpy
+    import torchvision
+    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                numpy=numpy.__version__, identity_study=identity_study.__version__)
+
+
+def attempt_provenance(device: str) -> dict:
+    """What one start of a run on `device` is made with: the machine, the device and, on CUDA, its driver and CUDA,
+    cuDNN and NCCL versions, and the library versions. params.json keeps the first start's provenance; a run resumed
+    or requeued elsewhere has each start's here. (The fp32 math is not read here: the run sets it from its precision
+    at every start, before any compute, and this process computes nothing.) A device this process cannot query is
+    said in `machine_error`, not raised: the run itself will say more."""
+    out = dict(hostname=platform.node(), machine_id=machine_id())
+    try:
+        software = {k: v for k, v in device_software(device).items() if k != "fp32_math"}
+        return dict(out, device=device, **device_kind(device), **software, versions=library_versions())
+    except Exception as e:          # noqa: BLE001 (a GPU not visible to this process, a driver that does not answer)
+        return dict(out, device=device, machine_error=f"{type(e).__name__}: {e}"[:200])
+
+
+def note_attempt(path: Path, device: str | None = None, **fields) -> int:
     """Append one start of the run in `path` to its scheduler log (atomically; the caller holds the run's claim)
-    with this process's Slurm job and `fields`; returns its index, for `end_attempt`."""
+    with this process's Slurm job, the machine and, given the run's `device`, what the start is made with
+    (`attempt_provenance`), and `fields`; returns its index, for `end_attempt`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    made_with = attempt_provenance(device) if device else dict(hostname=platform.node(), machine_id=machine_id())
     attempts = scheduler_log(path).get("attempts", [])
-    attempts.append(dict(**(scheduler_job() or {}), hostname=platform.node(),
+    attempts.append(dict(**(scheduler_job() or {}), **made_with,
                          started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields))
     write_json(path / SCHEDULER_FILE, dict(attempts=attempts))
     return len(attempts) - 1
@@ -357,20 +391,34 @@ def read_runs(runs_dir="runs") -> "pd.DataFrame":
     return frame.set_index("folder", drop=False).rename_axis(None)
 
 
+def runs_table(runs) -> "pd.DataFrame":
+    "`runs` as `read_runs` gives it: a runs folder (a path) is read, a table is taken as it is."
+    return read_runs(runs) if isinstance(runs, (str, Path)) else runs
+
+
 def read_metrics(runs) -> "pd.DataFrame":
     "Every metrics row of every run in `runs` (a `read_runs` table, or a runs folder to read), with the run's id."
     import pandas as pd
-    runs = read_runs(runs) if isinstance(runs, (str, Path)) else runs
+    runs = runs_table(runs)
     frames = [r.metrics.assign(run_id=r.path.name) for r in runs.get("record", []) if len(r.metrics)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
 
-def read_summary(path: Path) -> dict:
-    "The summary of the run folder `path`, {} when it has no readable one (plain JSON: no pandas needed)."
+def _read_object(path: Path) -> dict:
     try:
-        summary = json.loads((Path(path) / "summary.json").read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-    return summary if isinstance(summary, dict) else {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_summary(path: Path) -> dict:
+    "The summary of the run folder `path`, {} when it has no readable one (plain JSON: no pandas needed)."
+    return _read_object(Path(path) / "summary.json")
+
+
+def read_params(path: Path) -> dict:
+    "The parameters and provenance of the run folder `path`, {} when it has no readable params.json (plain JSON)."
+    return _read_object(Path(path) / "params.json")
 
 
 def read_status(path: Path):
@@ -402,17 +450,13 @@ def provenance(device: str, plugins=()) -> dict:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    import numpy
-    import torchvision
     commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
     if not commit:
         # a copy of the tree without .git (a lent GPU machine's) is told its commit: COMMIT, or COMMIT-dirty
         told = os.environ.get("IDENTITY_STUDY_COMMIT", "")
         commit, dirty = told.removesuffix("-dirty"), told.endswith("-dirty")
     return dict(git_commit=commit or None, git_dirty=dirty,
-                versions=dict(python=platform.python_version(), torch=torch.__version__,
-                              torchvision=torchvision.__version__, numpy=numpy.__version__,
-                              identity_study=identity_study.__version__),
+                versions=library_versions(),
                 **device_kind(device), **device_software(device), cpu_threads=torch.get_num_threads(), hostname=platform.node(),
                 world_size=int(os.environ.get("WORLD_SIZE", "1")), scheduler=scheduler_job(),
                 code=code_fingerprint(plugins),

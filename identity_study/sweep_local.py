@@ -94,7 +94,7 @@ def run_plan(todo: list, run_dir="runs", gpus: list | None = None, jobs: int = 1
                 return dict(action="skipped", **describe_run(status, path / "summary.json"))
             action = "resumed" if status == "interrupted" else ("retried" if status == "failed" else "trained")
             env = {"CUDA_VISIBLE_DEVICES": str(slot)} if slot is not None else {}
-            attempt = note_attempt(path, executor="local", **_machine(job))
+            attempt = note_attempt(path, device=job["params"].get("device") or "cpu", executor="local")
             out = run_notebook(job["params"], path, env)
             status = read_status(path) or "failed"
             end_attempt(path, attempt, status=status, returncode=out["returncode"])
@@ -153,15 +153,3 @@ def _held(run_dir, job) -> bool:
         claim.release()
         return is_locked(Path(run_dir) / job["run_id"])
     return True
-
-
-def _machine(job) -> dict:
-    "The machine a run starts on, for its scheduler.json (where the host name alone may not tell machines apart)."
-    from identity_study.protocol import this_machine
-    device = job["params"].get("device") or "cpu"
-    try:
-        machine = this_machine("cpu" if device == "auto" else device)
-    except Exception as e:          # a device this process cannot query (a GPU not visible here): said, not fatal
-        return dict(machine_error=str(e)[:200])
-    machine.pop("hostname")         # note_attempt records it itself
-    return machine

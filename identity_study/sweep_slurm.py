@@ -236,7 +236,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
         return None, "resumed" if status == "interrupted" else ("retried" if status == "failed" else "trained")
 
     def _train(self, job, path, env, action):
-        attempt = note_attempt(path, action=action, processes=env.num_tasks)
+        attempt = note_attempt(path, device=job["params"].get("device") or "cpu", action=action,
+                               processes=env.num_tasks)
         out = run_notebook(job["params"], path, shield_signals=True)
         status = read_status(path) or "failed"
         if out["returncode"] != 0 and "RunLockedError" in out["error"]:

@@ -1,6 +1,7 @@
 """The fast path follows the device: precision and layout resolved from what the hardware computes, threads from the
 load."""
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -11,9 +12,9 @@ import torch
 
 import identity_study.train as T
 from identity_study.data import device_kind, native_bf16
-from identity_study.experiments import TABLES
-from identity_study.figures import entry_run_ids
+from identity_study.experiments import TABLES, entry_run_ids
 from identity_study.params import resolve_device, resolve_params
+from identity_study.records import read_runs
 from identity_study.train import CpuThreads, train
 from conftest import FAKE_GPU_HOST, ROOT
 
@@ -216,15 +217,18 @@ def test_the_real_load_sample_is_well_formed():
     assert t1 >= t0 and busy1 >= busy0 >= 0 and own1 >= own0 > 0
 
 
-def test_figures_find_a_seed_in_whichever_precision_was_recorded():
+def test_figures_find_a_seed_in_whichever_precision_was_recorded(tmp_path):
+    "The committed mini records are bf16: a machine of either class finds them, by the precision their params give."
     entry = next(e for e in TABLES["table2"] if e.row == "full pre-activation" and e.case == "ResNet-110")
     ids = {prec: resolve_params(**entry.params, profile="mini", seed=0, precision=prec)["run_id"]
            for prec in ("fp32", "bf16")}
-    assert entry_run_ids(entry, "mini", seeds=[0], available={ids["bf16"]}) == [ids["bf16"]]
-    assert entry_run_ids(entry, "mini", seeds=[0], available=set(ids.values())) == [ids["fp32"]]
-    assert entry_run_ids(entry, "mini", seeds=[0], available=set()) == []
-    # the committed mini records (bf16) are found on a machine of either class
-    assert (T.Path(__file__).parent.parent / "runs" / ids["bf16"]).is_dir()
+    committed = T.Path(__file__).parent.parent / "runs" / ids["bf16"]
+    assert committed.is_dir()
+    shutil.copytree(committed, tmp_path / ids["bf16"])
+    assert entry_run_ids(entry, "mini", seeds=[0], available=read_runs(tmp_path)) == [ids["bf16"]]
+    assert entry_run_ids(entry, "mini", seeds=[0], available=read_runs(tmp_path / "none")) == []
+    # without records: the id this machine would train, in the precision it resolves
+    assert entry_run_ids(entry, "mini", seeds=[0]) == [resolve_params(**entry.params, profile="mini", seed=0)["run_id"]]
 
 
 def test_auto_is_cuda_on_a_gpu_host(fake_gpu_host):

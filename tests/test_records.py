@@ -76,3 +76,26 @@ def test_one_entry_lookup():
     assert table_entry("table3", "CIFAR-10 ResNet-1001", "preact").params["unit"] == "preact"
     with pytest.raises(KeyError, match="no single entry"):
         table_entry("table1", "no such row")
+
+
+def test_each_start_of_a_run_says_what_it_was_made_with(tmp_path, monkeypatch):
+    "Issue 39.8: a run resumed or requeued on another machine keeps every start's machine, device and versions."
+    import identity_study.records as R
+    here = R.device_kind("cpu")
+    R.note_attempt(tmp_path, device="cpu", action="trained")
+    monkeypatch.setattr(R, "device_kind", lambda device: dict(device_name="Another CPU", cpu_capability="AVX2",
+                                                              native_bf16=False))
+    real_id = R.machine_id()
+    monkeypatch.setattr(R, "machine_id", lambda: "another-machine")
+    R.note_attempt(tmp_path, device="cpu", action="resumed")
+    monkeypatch.setattr(R, "device_kind", lambda device: (_ for _ in ()).throw(RuntimeError("no GPU visible")))
+    R.note_attempt(tmp_path, device="cuda:3", action="resumed")
+    first, second, third = R.scheduler_log(tmp_path)["attempts"]
+    assert first["device_name"] == here["device_name"] and first["hostname"] == second["hostname"]
+    assert (second["device_name"], second["cpu_capability"], second["machine_id"]) == ("Another CPU", "AVX2",
+                                                                                     "another-machine")
+    assert first["machine_id"] == real_id
+    assert first["versions"]["torch"] == second["versions"]["torch"] and "fp32_math" not in first
+    assert third["device"] == "cuda:3" and "no GPU visible" in third["machine_error"]
+    # load_record reads the log back: both resumptions are starts, neither a Slurm requeue
+    assert R.scheduler_log(tmp_path)["requeued"] == 0
