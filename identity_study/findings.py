@@ -27,8 +27,8 @@ CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol confi
 
 # %% auto #0
 __all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
-           'descends_from', 'Judge', 'welch', 'paired', 'claim_test', 'holm', 'holm_levels', 'verdict',
-           'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of',
+           'descends_from', 'accepted_codes', 'Judge', 'welch', 'paired', 'claim_test', 'holm', 'holm_levels',
+           'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of',
            'machine_check', 'within_seed_correlation', 'familywise_bound', 'series_contrasts', 'first_epoch_view']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
@@ -142,13 +142,28 @@ def descends_from(commit: str, ancestor: str, repo) -> bool:
     return done.returncode == 0
 
 
+def accepted_codes(protocol: dict, repo) -> list:
+    """The code fingerprints whose records may count, each with the commit a record of it must descend from (None: no
+    such rule): the campaign's (`[amendments.1].campaign_code`) and each amendment's `equivalent_code` (code that an
+    amendment shows computes a single-process run bit for bit as the campaign's does), provided the running checkout's
+    code is one of them. A checkout whose code is none of them judges only the records its own code made."""
+    running = code_fingerprint()
+    amendments = sorted(protocol.get("amendments", {}).items(), key=lambda item: int(item[0]))
+    listed = [(a["campaign_code"], None) for _, a in amendments if "campaign_code" in a]
+    listed += [(a["equivalent_code"], amendment_commit(str(repo), int(n)) or "no commit")
+               for n, a in amendments if "equivalent_code" in a]
+    if any(not code_differences(running, code) for code, _ in listed):
+        return listed
+    return [(running, None)]
+
+
 @dataclass
 class Judge:
-    """What a record is checked against: the protocol, the code of this checkout, the commit that added the protocol
-    and the commits of its amendments (runs planned by an amendment must descend from it)."""
+    """What a record is checked against: the protocol, the code fingerprints it accepts (`accepted_codes`), the commit
+    that added the protocol and the commits of its amendments (runs planned by an amendment must descend from it)."""
     protocol: dict
     repo: Path
-    code: dict
+    codes: list
     fixed_at: str | None
     amended_at: str | None = None
     pilot_runs: frozenset | None = None        # None: no amendment 1, so no run is held to it
@@ -159,7 +174,7 @@ class Judge:
     def of(cls, protocol: dict, repo) -> "Judge":
         amendments = protocol.get("amendments", {})
         first, second = amendments.get("1"), amendments.get("2")
-        return cls(protocol, Path(repo), code_fingerprint(), protocol_commit(str(repo)),
+        return cls(protocol, Path(repo), accepted_codes(protocol, repo), protocol_commit(str(repo)),
                    amended_at=amendment_commit(str(repo)) if first else None,
                    pilot_runs=frozenset(first.get("pilot_runs", [])) if first else None,
                    amended2_at=amendment_commit(str(repo), 2) if second else None,
@@ -181,8 +196,15 @@ class Judge:
             return "no git history to check the commit order"
         if not (commit and descends_from(commit, self.fixed_at, str(self.repo))):
             return "made before the protocol"
-        if not waived and code_differences(record.params.get("code"), self.code):
-            return "other code"
+        if not waived:
+            since = [c for code, c in self.codes if not code_differences(record.params.get("code"), code)]
+            if not since:
+                return "other code"
+            if None not in since:          # code an amendment accepts as equivalent: single-process, and made after it
+                if int(record.params.get("world_size") or 1) != 1:
+                    return "other code (equivalent for one process only)"
+                if not any(c != "no commit" and descends_from(commit, c, str(self.repo)) for c in since):
+                    return "made before its code's amendment"
         if self.pilot_runs is not None and record.path.name not in self.pilot_runs:
             # a campaign run: its seeds and the margins that judge it were fixed before it started
             if not (self.amended_at and descends_from(commit, self.amended_at, str(self.repo))):
@@ -558,7 +580,7 @@ def first_epoch_view(runs, protocol: dict) -> tuple[pd.DataFrame, dict]:
     claim the two sides' means, Welch's test (`claim_test`, "same" at the claim's margin) and Holm over the table."""
     section, alpha = protocol["first_epoch"], protocol["protocol"]["alpha"]
     num_classes, profile = protocol["protocol"]["num_classes"], section["profile"]
-    runs, now = runs_table(runs), code_fingerprint()
+    runs, codes = runs_table(runs), [code for code, _ in accepted_codes(protocol, checkout())]
     finished = runs[runs.status.isin(TERMINAL_STATUSES)] if len(runs) else runs
     configs = {}
     for name, where in section["configurations"].items():
@@ -566,7 +588,7 @@ def first_epoch_view(runs, protocol: dict) -> tuple[pd.DataFrame, dict]:
         found = find_records(finished, entry.run_params(profile, range(section["seeds"])))
         records = [Record.of(finished.record[f[0]]) for f in found if f]
         configs[name] = dict(entry=entry, records=records, folders=[r.path.name for r in records],
-                             older_code=sum(bool(code_differences(r.params.get("code"), now)) for r in records))
+                             older_code=sum(all(code_differences(r.params.get("code"), c) for c in codes) for r in records))
     rows = []
     for claim in section["claims"]:
         row = dict(id=claim["id"], claim=claim["paper_claim"], tested_here=claim["tested_here"],

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from identity_study.findings import (VERDICTS, Record, amendment_commit, claim_test, configuration_run_ids,
+                                     descends_from,
                                      counted_runs, familywise_bound, findings, gather_runs, holm, holm_levels,
                                      judge_claims, load_protocol, machine_check, protocol_commit, series_contrasts,
                                      verdict,
@@ -243,6 +244,32 @@ def test_amendment_2_refuses_dirty_trees_withdraws_the_waiver_and_dates_its_own_
     assert reasons["between"] == {"scaled": "1 made before amendment 2", "identity": ""}
 
 
+def test_an_amendment_may_accept_code_that_computes_the_same(tmp_path):
+    """`equivalent_code`: records of a fixed code count beside the campaign's, single-process and made after the
+    amendment that names it; a checkout whose code is neither judges only its own records."""
+    running = code_fingerprint()
+    fixed = {**running, "train": "fixed0000000"}
+    amended_1, amended_2 = amendment_commit(str(ROOT)), amendment_commit(str(ROOT), 2)
+    proto = protocol(seeds=2)
+    # amendment 2's commit stands in for the commit of the amendment that names the fixed code
+    proto["amendments"] = {"1": dict(pilot_runs=[], campaign_code=running), "2": dict(equivalent_code=fixed)}
+    cases = dict(campaign=dict(), fixed=dict(code=fixed), early=dict(code=fixed, git_commit=amended_1),
+                 ranks=dict(code=fixed, world_size=2), other=dict(code={**running, "data": "other0000000"}))
+    for name, params in cases.items():
+        fill(tmp_path / name, proto, {"scaled": [80.0, 82.0], "identity": [60.0, 61.0]}, **params)
+    reasons = {name: findings(tmp_path / name, proto, repo=ROOT)[1].set_index("configuration").not_used.to_dict()
+               for name in cases}
+    assert reasons["campaign"] == reasons["fixed"] == {"scaled": "", "identity": ""}
+    assert reasons["early"]["scaled"] == "2 made before its code's amendment"
+    assert reasons["ranks"]["scaled"] == "2 other code (equivalent for one process only)"
+    assert reasons["other"]["scaled"] == "2 other code"
+    assert descends_from(HEAD, amended_2, str(ROOT))
+    # this checkout's code is none of the protocol's: only its own records count
+    proto["amendments"] = {"1": dict(pilot_runs=[], campaign_code=fixed)}
+    assert findings(tmp_path / "campaign", proto, repo=ROOT)[1].not_used.eq("").all()
+    assert findings(tmp_path / "fixed", proto, repo=ROOT)[1].not_used.eq("2 other code").all()
+
+
 def test_every_verdict_carries_its_scale_spread_and_holm_level(tmp_path):
     proto = protocol(seeds=3)
     fill(tmp_path, proto, {"scaled": [80.0, 82.0, 81.0], "identity": [60.0, 61.0, 59.5]})
@@ -403,9 +430,11 @@ def test_the_engine_pairs_by_seed_as_scipy_does():
 
 
 def test_the_computing_code_is_the_campaigns():
-    """The judge counts a record only when its code fingerprint is that of the running checkout, so a change to what
-    computes (units, models, data, train) would stop every campaign record counting. The protocol names the campaign's
-    fingerprint ([amendments.1].campaign_code); until an amendment names another, the code must be it (issue 38:
-    device facts and the load governor stay in data.py and train.py while the campaign runs)."""
-    from identity_study.findings import load_protocol
-    assert code_fingerprint() == load_protocol(repo=ROOT)["amendments"]["1"]["campaign_code"]
+    """The judge counts a record only when its code fingerprint is one the protocol accepts (`accepted_codes`), so a
+    change to what computes (units, models, data, train) would stop every campaign record counting. The protocol names
+    the campaign's fingerprint ([amendments.1].campaign_code) and, in an amendment, code shown to compute the same
+    (`equivalent_code`); the running code must be one of them."""
+    from identity_study.findings import accepted_codes, load_protocol
+    proto = load_protocol(repo=ROOT)
+    codes = [code for code, _ in accepted_codes(proto, ROOT)]
+    assert code_fingerprint() in codes and proto["amendments"]["1"]["campaign_code"] in codes
