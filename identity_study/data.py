@@ -239,11 +239,13 @@ class DeviceCifar:
         steps = self.steps_per_epoch(batch_size)
         epoch, step = divmod(iteration, steps)
         index = self._epoch_order(epoch)[step * batch_size:(step + 1) * batch_size]
-        index = index[self.rank::self.world_size]
         x = self.normalize(self.images[index])
         if self.augment:
+            # crops and flips are drawn for the whole global batch, then each rank keeps its share: a data-parallel
+            # step sees exactly the images of the one-process step its run id names
             x = random_crop_flip(x, _generator(self.seed, "augment", iteration, device=self.device))
-        return x, self.labels[index]
+        share = slice(self.rank, None, self.world_size)
+        return x[share], self.labels[index[share]]
 
     def eval_batches(self, batch_size: int = 1000):
         "The whole split in order, normalised, not augmented; this rank's contiguous shard, as slices on the device."

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'DDP_TIMEOUT', 'EMULATED_BF16_SLOWDOWN', 'TIMING_SKIP', 'distributed_context', 'end_distributed',
-           'sync_buffers', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError', 'evaluate', 'train', 'lr_at',
-           'Run']
+           'sync_buffers', 'CpuThreads', 'autocast_for', 'train_step', 'StaleRecordError', 'seed_rank', 'evaluate',
+           'train', 'lr_at', 'Run']
 
 # %% ../nbs/06_train.ipynb #1e40cd1a
 # how long a collective waits for a rank that has crashed or hung before every other rank fails too (the defaults are
@@ -228,6 +228,14 @@ def _set_rng_state(state: dict, device: str):
         torch.cuda.set_rng_state(state["device"], device)
 
 
+def seed_rank(seed: int, rank: int, world: int):
+    """Once the model is built from the run's seed (the same weights on every rank), give each process of a
+    data-parallel run generators of its own: without this every rank drew the same dropout masks for its share of the
+    batch. One process keeps drawing from the run's seed."""
+    if world > 1:
+        torch.manual_seed(_generator(seed, "rank", rank).initial_seed())     # seeds every CUDA device too
+
+
 def _rng_for_rank(saved, rank: int, world: int, seed: int, iteration: int, device: str) -> str | None:
     """Restore this rank's generators from a checkpoint's `saved` state (one dict, or one per process); returns a
     warning when the number of processes changed since it was written. Then the saved states do not map onto the
@@ -313,6 +321,7 @@ def _train(p: dict, spec, rank: int, world: int, device: str) -> RunRecord:
     source = make_source(p, device, rank, world)
     memory_format = torch.channels_last if p["channels_last"] else torch.contiguous_format
     model = build(spec).to(device).to(memory_format=memory_format)
+    seed_rank(p["seed"], rank, world)
     optimizer = torch.optim.SGD(_param_groups(model, p["decay_bn_and_bias"], p["weight_decay"]), lr=p["lr"],
                                 momentum=p["momentum"], nesterov=p["nesterov"])
 

@@ -3,6 +3,8 @@
 bn OUT       every rank holds BN running statistics of its own (rank 1's far off); `Run.evaluate` must report the
              error of rank 0's model (the one a checkpoint keeps), which rank 0 also computes alone on the whole set
 train RUNS   a small data-parallel run stopped early (stop_after), to be resumed by a different number of processes
+batch OUT    the ranks' training batches gathered back into one global batch, which must be the one-process batch bit
+             for bit (augmentation included), and a draw after each rank's seeding, which must differ between ranks
 """
 import json
 import sys
@@ -14,7 +16,7 @@ import torch.distributed as dist
 from identity_study.data import make_source
 from identity_study.models import build
 from identity_study.params import resolve
-from identity_study.train import Run, evaluate, train
+from identity_study.train import Run, evaluate, seed_rank, train
 
 mode, out = sys.argv[1], Path(sys.argv[2])
 SMALL = dict(unit="preact", depth=20, dataset="synthetic", batch_size=16, train_subset=256, eval_subset=None,
@@ -29,6 +31,32 @@ if mode == "train":
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 p, spec = resolve(**SMALL, iterations=4, run_dir=str(out))
+
+
+def gathered(t: torch.Tensor) -> list:
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t)
+    return parts
+
+
+if mode == "batch":
+    steps = range(3)
+    shares = [batch for _, batch in zip(steps, make_source(p, "cpu", rank, world).batches(0))]
+    seed_rank(p["seed"], rank, world)
+    draws = gathered(torch.rand(8))
+    # rank r holds the global batch's images r, r + world, ...: interleave the shares back into one batch
+    rebuilt = [(torch.stack(gathered(x), 1).flatten(0, 1), torch.stack(gathered(y), 1).flatten()) for x, y in shares]
+    if rank == 0:
+        whole = [batch for _, batch in zip(steps, make_source(p, "cpu", 0, 1).batches(0))]
+        (out / "batch.json").write_text(json.dumps(dict(
+            share=list(shares[0][0].shape), whole=list(whole[0][0].shape),
+            images_equal=[torch.equal(a[0], b[0]) for a, b in zip(rebuilt, whole)],
+            labels_equal=[torch.equal(a[1], b[1]) for a, b in zip(rebuilt, whole)],
+            draws_equal=torch.equal(draws[0], draws[1]))))
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.exit(0)
+
 torch.manual_seed(0)
 model = build(spec).eval()
 bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -112,6 +112,31 @@ def torchrun(*args, nproc=2, timeout=600):
 
 
 @pytest.mark.slow
+def test_a_ddp_step_sees_exactly_the_one_process_batch(tmp_path):
+    proc = torchrun("batch", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((tmp_path / "batch.json").read_text())
+    assert r["share"][0] * 2 == r["whole"][0] == 16              # each of the 2 ranks holds half the global batch
+    assert r["labels_equal"] == [True] * 3                       # the same images...
+    assert r["images_equal"] == [True] * 3                       # ...with the same crops and flips, bit for bit
+    assert not r["draws_equal"]                                  # and each rank draws its own dropout masks
+
+
+def test_one_process_keeps_the_runs_seed_and_ranks_get_their_own():
+    torch.manual_seed(7)
+    want = torch.rand(4)
+    torch.manual_seed(7)
+    T.seed_rank(7, 0, 1)                                         # one process: untouched, the run's own stream
+    assert torch.equal(torch.rand(4), want)
+    draws = []
+    for rank in (0, 1):
+        torch.manual_seed(7)
+        T.seed_rank(7, rank, 2)
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], want)
+
+
+@pytest.mark.slow
 def test_ddp_reports_the_error_of_the_saved_model(tmp_path):
     proc = torchrun("bn", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
