@@ -505,7 +505,6 @@ def _cifar_copy_with(tmp_path, name: str, damage) -> Path:
     real = D.data_root()
     root = tmp_path / "data"
     (root / "cifar-10-batches-py").mkdir(parents=True)
-    (root / D.LOCAL_MD5_FILE).symlink_to(real / D.LOCAL_MD5_FILE)
     for f in (real / "cifar-10-batches-py").iterdir():
         target = root / "cifar-10-batches-py" / f.name
         if f.name == name:
