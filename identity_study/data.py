@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import json
 import os
 import platform
 import socket
@@ -22,7 +21,7 @@ import torchvision
 from torchvision.datasets import CIFAR10, CIFAR100
 
 # %% auto #0
-__all__ = ['DATA_ENV', 'DATASETS', 'VAL_SIZE', 'CIFAR', 'LOCAL_MD5_FILE', 'NORMALIZATIONS', 'ONEDNN_CAPS_WITHOUT_BF16',
+__all__ = ['DATA_ENV', 'DATASETS', 'VAL_SIZE', 'CIFAR', 'REBUILT_MD5', 'NORMALIZATIONS', 'ONEDNN_CAPS_WITHOUT_BF16',
            'EVAL_SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_AUGMENTATIONS', 'IMAGENET_TESTS', 'DataError',
            'data_root', 'cifar_files_status', 'cifar_dataset', 'load_cifar', 'prepare_from_shared',
            'normalization_stats', 'random_crop_flip', 'DeviceCifar', 'device_name', 'native_bf16', 'device_kind',
@@ -55,7 +54,21 @@ VAL_SIZE = 5000
 
 # %% ../nbs/03_data.ipynb #b5040a63
 CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100}
-LOCAL_MD5_FILE = "torchvision_layout_md5.json"
+# The md5s of the copy that `make data` rebuilds from ../shared/data's JPEGs with the Pillow that constraints.txt pins
+# (13.0.0). They are shipped here, never read from the data folder: whoever can write that folder could plant a pickle
+# and a json that vouches for it, and these files are unpickled.
+REBUILT_MD5 = {
+    "cifar-10-batches-py/batches.meta": "7dddfda267884953c50a801cce85580c",
+    "cifar-10-batches-py/data_batch_1": "5b29f75d697f2be78ccc1455ce010705",
+    "cifar-10-batches-py/data_batch_2": "9bcca30df51bc660279b036bf897c435",
+    "cifar-10-batches-py/data_batch_3": "731159f481e4224be9fdc47624f7b1c5",
+    "cifar-10-batches-py/data_batch_4": "f82dcf6f59d20a9c420d52261aa3b701",
+    "cifar-10-batches-py/data_batch_5": "cdd8e6de63e90fcc9400bacaeea311af",
+    "cifar-10-batches-py/test_batch": "aaff03076f297ded48c11975220d6d9b",
+    "cifar-100-python/meta": "52eb0deaf7f5863dadc047c62b1d326f",
+    "cifar-100-python/test": "fc9b7d2260fbdb161309bf34b89b8ecd",
+    "cifar-100-python/train": "016271ad49e298f7236265e08faaf703",
+}
 _warned_rebuilt = set()
 
 
@@ -81,34 +94,35 @@ def _fix_message(name: str, root: Path) -> str:
 
 
 def cifar_files_status(name: str, root: Path) -> str:
-    "'official', 'rebuilt' or 'missing'; raises DataError naming a corrupt file."
+    "'official', 'rebuilt' or 'missing'; raises DataError naming a file whose md5 is neither (nothing is unpickled)."
     cls = CIFAR[name]
     files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
     folder = root / cls.base_folder
     if not all((folder / f).is_file() for f, _ in files):
         return "missing"
-    local_path = root / LOCAL_MD5_FILE
-    local = json.loads(local_path.read_text()) if local_path.is_file() else {}
     kinds = set()
     for fname, official in files:
         got = _md5(folder / fname)
         if got == official:
             kinds.add("official")
-        elif got == local.get(f"{cls.base_folder}/{fname}"):
+        elif got == REBUILT_MD5[f"{cls.base_folder}/{fname}"]:
             kinds.add("rebuilt")
         else:
-            raise DataError(f"{folder / fname} is corrupt or truncated: its md5 {got} matches neither the official "
-                            f"file nor the rebuilt copy's {LOCAL_MD5_FILE}. Delete it and rebuild. "
+            raise DataError(f"{folder / fname} is corrupt or truncated, or not a file this package knows: its md5 "
+                            f"{got} matches neither the official file's ({official}) nor the rebuilt copy's "
+                            f"({REBUILT_MD5[f'{cls.base_folder}/{fname}']}, REBUILT_MD5), so it is not read. A copy "
+                            "rebuilt with another Pillow or libjpeg than constraints.txt pins decodes the JPEGs "
+                            "differently and has other md5s (the rebuild script warns of it). Delete the folder and "
+                            "rebuild it with the constrained Pillow, or use the official files. "
                             + _fix_message(name, root))
     if len(kinds) > 1:
         raise DataError(f"{folder} mixes official and rebuilt files; rebuild it. " + _fix_message(name, root))
     return kinds.pop()
 
 
-def _rebuilt_class(cls, root: Path):
-    "A torchvision CIFAR class that checks the md5s of the rebuilt copy instead of the official ones."
-    md5 = json.loads((root / LOCAL_MD5_FILE).read_text())
-    b = cls.base_folder
+def _rebuilt_class(cls):
+    "A torchvision CIFAR class that checks the md5s of the rebuilt copy (`REBUILT_MD5`) instead of the official ones."
+    md5, b = REBUILT_MD5, cls.base_folder
     return type("Rebuilt" + cls.__name__, (cls,), {
         "train_list": [[f, md5[f"{b}/{f}"]] for f, _ in cls.train_list],
         "test_list": [[f, md5[f"{b}/{f}"]] for f, _ in cls.test_list],
@@ -143,7 +157,7 @@ def cifar_dataset(name: str, data_dir=None, train: bool = True):
             _warned_rebuilt.add(name)
             warnings.warn(f"{name} under {root} is a rebuilt copy (its md5s cannot match the official files): "
                           "numbers are not bit-comparable with runs on the official CIFAR files.", stacklevel=2)
-        cls = _rebuilt_class(cls, root)
+        cls = _rebuilt_class(cls)
     # cifar_files_status has just checked every file's md5: torchvision need not read them all again. The hook is
     # private to torchvision; in a version without it this override does nothing and torchvision checks the same md5s
     # itself (the rebuilt ones included, through _rebuilt_class): slower, the same answer.

@@ -383,6 +383,7 @@ class Run:
         if changed:
             warnings.warn(f"{self.p['run_id']}: {changed}")
         self.start, self.rows, self.elapsed = state["iteration"], state["metrics"], state["seconds"]
+        self.final_extra = dict(state.get("final_extra", {}))     # checkpoints of older code kept none
         self.log(f"resuming {self.p['run_id']} at iteration {self.start} from {state_file}")
 
     def summary(self, status: str, **extra) -> dict:
@@ -404,7 +405,8 @@ class Run:
             save_checkpoint(self.path, dict(identity=identity_hash(self.p),
                                             iteration=self.rows[-1]["iteration"] if self.rows else 0,
                                             model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict(),
-                                            rng=rng, metrics=self.rows, seconds=self.elapsed))
+                                            rng=rng, metrics=self.rows, seconds=self.elapsed,
+                                            final_extra=self.final_extra))
         write_csv(self.path / "metrics.csv", pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
         write_json(self.path / "summary.json", self.summary(status, **extra))
 
@@ -429,9 +431,29 @@ class Run:
                 self.final_extra[f"final_test_top5_error_{protocol}"] = other["test_top5_error"]
         return metrics
 
+    def complete(self) -> RunRecord:
+        """The record of a run killed after its final checkpoint and before its summary said `completed`: the
+        checkpoint's rows end with the final evaluation, so nothing is trained or evaluated again."""
+        p = self.p
+        if p.get("test_protocol") and not self.final_extra:
+            # a checkpoint of older code kept no errors of the other test protocols: the final weights are evaluated
+            # again for those (the main protocol's stay the last row's)
+            last = self.rows[-1]
+            self.evaluate(final=True)
+            self.final_extra[f"final_test_error_{p['test_protocol']}"] = last["test_error"]
+            self.final_extra[f"final_test_top5_error_{p['test_protocol']}"] = last["test_top5_error"]
+        self.write_record("completed", checkpoint=False)
+        self.log(f"{p['run_id']}: its final checkpoint was written before the run was stopped; recorded as completed")
+        if self.writer:
+            return load_record(self.path)
+        import pandas as pd
+        return RunRecord(self.path, p, self.summary("completed"), pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+
     def train(self) -> RunRecord:
         from tqdm import tqdm
         p, start = self.p, self.start
+        if start == p["iterations"]:
+            return self.complete()
         self.write_record("interrupted", checkpoint=False)
         self.raw_model.train()
         bar = tqdm(total=p["iterations"], initial=start, desc=p["run_id"], mininterval=0.5, file=sys.stderr,

@@ -33,7 +33,6 @@ def test_cifar100_has_fine_labels():
 def _copy_cifar10(tmp_path):
     root = tmp_path / "data"
     shutil.copytree(DATA / "cifar-10-batches-py", root / "cifar-10-batches-py")
-    shutil.copy(DATA / D.LOCAL_MD5_FILE, root / D.LOCAL_MD5_FILE)
     return root
 
 
@@ -54,6 +53,55 @@ def test_corrupt_batch_file_is_named_in_the_error(tmp_path):
     batch.write_bytes(bytes(raw))
     with pytest.raises(D.DataError, match="test_batch is corrupt"):
         D.load_cifar("cifar10", root, train=False)
+
+
+class _Planted:
+    "What a planted pickle holds: unpickling it calls open(marker, 'w'), i.e. runs code of the file's choosing."
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_planted_pickle_is_refused_even_when_the_folders_json_vouches_for_it(tmp_path):
+    "The rebuilt copy's md5s ship in the package: the folder's own torchvision_layout_md5.json counts for nothing."
+    import hashlib
+    import json
+    import pickle
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Planted(probe)))
+    assert probe.exists()                                  # the planted file would run code if it were unpickled
+    root, marker = tmp_path / "data", tmp_path / "marker"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for f in (DATA / "cifar-10-batches-py").iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "data_batch_1").unlink()
+    (folder / "data_batch_1").write_bytes(pickle.dumps(_Planted(marker)))
+    vouch = {f"cifar-10-batches-py/{f.name}": hashlib.md5(f.read_bytes()).hexdigest() for f in folder.iterdir()}
+    (root / "torchvision_layout_md5.json").write_text(json.dumps(vouch))
+    planted_md5 = vouch["cifar-10-batches-py/data_batch_1"]
+    for load in (D.cifar_dataset, D.load_cifar):
+        with pytest.raises(D.DataError) as e:
+            load("cifar10", root)
+        msg = str(e.value)
+        assert "data_batch_1" in msg and planted_md5 in msg and D.REBUILT_MD5["cifar-10-batches-py/data_batch_1"] in msg
+        assert "Pillow" in msg and "make data" in msg, msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_the_rebuilt_copy_is_recognised_from_the_packages_md5s_alone(name, tmp_path):
+    "The copy `make data` rebuilds (constraints.txt's Pillow) under the data root, linked into a folder with no json."
+    base = D.CIFAR[name].base_folder
+    if D.cifar_files_status(name, DATA) == "official":
+        pytest.skip("the data root holds the official files, not the rebuilt copy")
+    root = tmp_path / "data"
+    (root / base).mkdir(parents=True)
+    for f in (DATA / base).iterdir():
+        (root / base / f.name).symlink_to(f)
+    assert D.cifar_files_status(name, root) == "rebuilt"
 
 
 def test_missing_data_offline_says_both_ways_to_fix_it(tmp_path, monkeypatch):

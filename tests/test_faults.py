@@ -250,6 +250,97 @@ def test_kill_9_at_each_step_of_a_checkpoint_write_then_resume_is_exact(moment, 
     assert_same_run(exact_reference, path)
 
 
+def _train_killed_after_the_final_checkpoint(cfg: dict, log: str):
+    "train(**cfg), killed by SIGKILL once its final checkpoint is in place, before metrics.csv and summary.json."
+    real_atomic_write, checkpoints = R.atomic_write, []
+
+    def atomic_write(path, write):
+        name = Path(path).name
+        if name == ".checkpoint.pt.new":
+            checkpoints.append(path)
+        if name == "metrics.csv" and len(checkpoints) == cfg["iterations"] // cfg["eval_every"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_atomic_write(path, write)
+    R.atomic_write = atomic_write
+    _train_logged(cfg, log)
+
+
+def test_kill_9_after_the_final_checkpoint_completes_without_training_again(exact_reference, tmp_path, monkeypatch,
+                                                                            caplog):
+    "Issue 40: the final checkpoint's rows hold the final evaluation; the next call only writes the completed record."
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["identity_study.train", "pandas"])
+    cfg = {**EXACT, "run_dir": str(tmp_path)}
+    path = tmp_path / resolve_params(**EXACT)["run_id"]
+    proc = ctx.Process(target=_train_killed_after_the_final_checkpoint, args=(cfg, str(tmp_path / "killed.log")))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    _, summary, metrics = _assert_record_readable(path, status="interrupted")
+    assert final_state(path)["iteration"] == EXACT["iterations"] and metrics.iteration.max() < EXACT["iterations"]
+    checkpoint = (path / "checkpoint.pt").read_bytes()
+
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: pytest.fail("the run was trained again"))
+    monkeypatch.setattr(T.Run, "evaluate", lambda *a, **k: pytest.fail("the run was evaluated again"))
+    with caplog.at_level(logging.INFO, logger="identity_study"):
+        record = train(**EXACT, run_dir=tmp_path)
+    assert "recorded as completed" in caplog.text, caplog.text
+    assert record.status == "completed"
+    _assert_record_readable(path, status="completed")
+    assert (path / "checkpoint.pt").read_bytes() == checkpoint            # no checkpoint written, no row added
+    assert_same_run(exact_reference, path)                                  # every row but timing, every weight
+    untimed = ("updated", "wall_seconds")
+    reference = json.loads((exact_reference / "summary.json").read_text())
+    assert {k: v for k, v in record.summary.items() if k not in untimed} == \
+        {k: v for k, v in reference.items() if k not in untimed}
+    assert record.summary["final_test_error"] == reference["final_test_error"] == record.metrics.test_error.iloc[-1]
+    assert record.summary["wall_seconds"] == round(final_state(path)["seconds"], 3)
+    assert train(**EXACT, run_dir=tmp_path).summary == record.summary    # finished: the stored record from now on
+
+
+class _Killed(BaseException):
+    "A death that no handler of the training loop catches, as a SIGKILL's (in-process, for a loader-based run)."
+
+
+TINY_IMAGENET = dict(unit="preact", depth=18, dataset="tiny_imagenet", profile="smoke", progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("checkpoint", ["this code's", "older code's"])
+def test_imagenet_run_killed_after_the_final_checkpoint_keeps_its_other_test_protocols(checkpoint, tmp_path,
+                                                                                       monkeypatch):
+    "The other test protocols' final errors (Table 5) come from the checkpoint, or from an evaluation if it has none."
+    from identity_study.data import data_root
+    if not (data_root() / "tiny-imagenet-200").is_dir():
+        pytest.skip("no Tiny ImageNet copy under the data root (make data)")
+    reference = train(**TINY_IMAGENET, run_dir=tmp_path / "reference")
+    assert "final_test_error_224@256" in reference.summary
+    real_atomic_write, checkpoints = R.atomic_write, []
+
+    def atomic_write(path, write):
+        checkpoints.extend([path] if Path(path).name == ".checkpoint.pt.new" else [])
+        if Path(path).name == "metrics.csv" and len(checkpoints) == 2:     # 4 iterations, a checkpoint every 2
+            raise _Killed
+        return real_atomic_write(path, write)
+    monkeypatch.setattr(R, "atomic_write", atomic_write)
+    with pytest.raises(_Killed):
+        train(**TINY_IMAGENET, run_dir=tmp_path / "killed")
+    monkeypatch.setattr(R, "atomic_write", real_atomic_write)
+    path = tmp_path / "killed" / reference.params["run_id"]
+    assert read_status(path) == "interrupted"
+    if checkpoint == "older code's":
+        state = final_state(path)
+        del state["final_extra"]
+        torch.save(state, path / "checkpoint.pt")
+    else:
+        monkeypatch.setattr(T.Run, "evaluate", lambda *a, **k: pytest.fail("the run was evaluated again"))
+    monkeypatch.setattr(T, "train_step", lambda *a, **k: pytest.fail("the run was trained again"))
+    record = train(**TINY_IMAGENET, run_dir=tmp_path / "killed")
+    untimed = ("updated", "wall_seconds")
+    assert {k: v for k, v in record.summary.items() if k not in untimed} == \
+        {k: v for k, v in reference.summary.items() if k not in untimed}
+    assert len(record.metrics) == len(reference.metrics)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. a sweep killed in the middle of a table, then started again
 
@@ -505,7 +596,6 @@ def _cifar_copy_with(tmp_path, name: str, damage) -> Path:
     real = D.data_root()
     root = tmp_path / "data"
     (root / "cifar-10-batches-py").mkdir(parents=True)
-    (root / D.LOCAL_MD5_FILE).symlink_to(real / D.LOCAL_MD5_FILE)
     for f in (real / "cifar-10-batches-py").iterdir():
         target = root / "cifar-10-batches-py" / f.name
         if f.name == name:
