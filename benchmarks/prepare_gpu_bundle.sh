@@ -16,7 +16,9 @@ PY=${PY:-python3}
 PACKAGES="papermill nbclient nbformat entrypoints tenacity fastjsonschema jsonschema jsonschema-specifications
 referencing rpds-py jupyter_client jupyter_core platformdirs traitlets pyzmq tornado ipykernel comm debugpy
 matplotlib-inline nest-asyncio2 ipython ipython_pygments_lexers jedi parso pexpect ptyprocess prompt_toolkit wcwidth
-stack_data executing asttokens pure_eval"
+stack_data executing asttokens pure_eval pillow"
+# pillow at constraints.txt's pin: CIFAR-10 is rebuilt from JPEGs on the GPU machine, and the package accepts only the
+# md5s of the copy this Pillow decodes (identity_study.data.REBUILT_MD5); another libjpeg may decode differently
 
 pins=()
 for name in $PACKAGES; do
