@@ -44,8 +44,8 @@ def load_protocol(path=None, repo=None) -> dict:
 # %% auto #0
 __all__ = ['PROTOCOL_PATH', 'MAX_SEEDS', 'MACHINE_KEYS', 'ProtocolError', 'checkout', 'load_protocol', 'planned_seeds',
            'configuration_entry', 'configuration_params', 'configuration_run_ids', 'campaign_order',
-           'select_configurations', 'lane_hours', 'fit_hours', 'plan_protocol', 'started_on', 'same_machine',
-           'this_machine']
+           'select_configurations', 'lane_hours', 'fit_hours', 'pilot_hold', 'plan_protocol', 'started_on',
+           'same_machine', 'this_machine']
 
 # %% ../nbs/07a_protocol.ipynb #d49e74ef
 def planned_seeds(cfg: dict) -> list[int]:
@@ -136,6 +136,19 @@ def fit_hours(jobs: list, max_hours: float, lanes: int = 1) -> tuple[list, list]
         else:
             left.append(job)
     return fitted, left
+
+# %% ../nbs/07a_protocol.ipynb #6477f26b
+def pilot_hold(protocol: dict, job: dict) -> str | None:
+    "Why the planned run `job` waits for its profile's pilot and the amendment that follows it (None: it need not)."
+    gate = protocol.get("campaign", {}).get("pilot")
+    if not gate or job["params"].get("profile") != gate["profile"]:
+        return None
+    if any(a.get("lifts_pilot") == gate["profile"] for a in protocol.get("amendments", {}).values()):
+        return None
+    if (job["configuration"], job["seed"]) == (gate["configuration"], gate["seed"]):
+        return None
+    return (f"held: waits for the {gate['profile']} pilot ({gate['configuration']}, seed {gate['seed']}) and the "
+            f"amendment that fixes its lane-hours ({gate['by']})")
 
 # %% ../nbs/07a_protocol.ipynb #f0f291e4
 def plan_protocol(runs_dir="runs", protocol: dict | None = None, claims=None, configurations=None,

@@ -19,7 +19,8 @@ from .experiments import TABLES, configs
 from .params import PROFILES
 from .sweep_checks import SlurmError, check_slurm, node_local
 from .sweep_local import check_jobs, pool_defaults, run_plan, sweep
-from .protocol import fit_hours, load_protocol, plan_protocol, same_machine, started_on, this_machine
+from .protocol import (fit_hours, load_protocol, pilot_hold, plan_protocol, same_machine, started_on,
+                                     this_machine)
 from .records import EXECUTION_PARAMS, TERMINAL_STATUSES, read_status
 from .sweep_plan import Claim, log_to_terminal, plan_table, run_notebook, train_notebook
 from .sweep_slurm import (LIVE_STATES, SLURM_OPTIONS, RunFailedError, SlurmRun, follow_jobs, job_outcome,
@@ -253,7 +254,8 @@ def _protocol_selection(args):
 
 def protocol_states(todo: list, run_dir, protocol: dict, device: str = "cpu") -> pd.DataFrame:
     """One row a planned run: configuration, seed, run id, lane-hours and its state — counts; done but does not count
-    (and why); missing; interrupted here (resumes); interrupted on another machine (resumes only there); failed."""
+    (and why); missing; held for its profile's pilot (`pilot_hold`); interrupted here (resumes); interrupted on another
+    machine (resumes only there); failed."""
     from identity_study.findings import Judge, Record, checkout
     judge, here, rows = Judge.of(protocol, checkout()), None, []
     for job in todo:
@@ -270,7 +272,8 @@ def protocol_states(todo: list, run_dir, protocol: dict, device: str = "cpu") ->
             state = "interrupted: resumes here" if runnable else (
                 f"interrupted on {there['device_name']} ({there['hostname']}): resumes only there")
         elif status is None:
-            state, runnable = "missing", True
+            held = pilot_hold(protocol, job)
+            state, runnable = (held, False) if held else ("missing", True)
         else:
             state, runnable = f"{status}: tried again", status == "failed"
         rows.append(dict(configuration=job["configuration"], seed=job["seed"], run_id=job["run_id"],

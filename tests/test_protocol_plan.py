@@ -125,3 +125,16 @@ def test_a_budget_takes_the_runs_that_fit_in_order(tmp_path):
     code, text = cli("run", "protocol", "--claims", "11", "--runs-dir", str(ROOT / "runs"), "--jobs", "2",
                      "--max-hours", "0.6", "--dry-run")
     assert code == 0 and "--max-hours 0.6 on 2 lane(s):" in text
+
+
+def test_the_series_pilot_runs_alone_until_an_amendment_lifts_it(tmp_path):
+    series = ["original 110 8k", "preact 110 8k", "bn_after_add 110 8k", "1x1 conv 8k"]
+    plan = plan_protocol(tmp_path, PROTOCOL, configurations=series)
+    states = protocol_states(plan, tmp_path, PROTOCOL)
+    runnable = states[states.runnable]
+    assert list(zip(runnable.configuration, runnable.seed)) == [("original 110 8k", 0)]      # amendment 3's pilot
+    assert len(states) == 28 and states.state.str.startswith("held: waits for the cpu8k pilot").sum() == 27
+    fitted, _ = fit_hours([j for j, ok in zip(plan, states.runnable) if ok], 100, lanes=2)
+    assert len(fitted) == 1                                  # however large the budget, one lane takes the pilot alone
+    lifted = {**PROTOCOL, "amendments": {**PROTOCOL["amendments"], "99": dict(lifts_pilot="cpu8k")}}
+    assert protocol_states(plan, tmp_path, lifted).runnable.all()
