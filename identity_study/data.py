@@ -102,15 +102,15 @@ def cifar_files_status(name: str, root: Path) -> str:
         return "missing"
     kinds = set()
     for fname, official in files:
-        got = _md5(folder / fname)
+        got, rebuilt = _md5(folder / fname), REBUILT_MD5[f"{cls.base_folder}/{fname}"]
         if got == official:
             kinds.add("official")
-        elif got == REBUILT_MD5[f"{cls.base_folder}/{fname}"]:
+        elif got == rebuilt:
             kinds.add("rebuilt")
         else:
             raise DataError(f"{folder / fname} is corrupt or truncated, or not a file this package knows: its md5 "
                             f"{got} matches neither the official file's ({official}) nor the rebuilt copy's "
-                            f"({REBUILT_MD5[f'{cls.base_folder}/{fname}']}, REBUILT_MD5), so it is not read. A copy "
+                            f"({rebuilt}, REBUILT_MD5), so it is not read. A copy "
                             "rebuilt with another Pillow or libjpeg than constraints.txt pins decodes the JPEGs "
                             "differently and has other md5s (the rebuild script warns of it). Delete the folder and "
                             "rebuild it with the constrained Pillow, or use the official files. "

@@ -431,6 +431,13 @@ class Run:
                 self.final_extra[f"final_test_top5_error_{protocol}"] = other["test_top5_error"]
         return metrics
 
+    def record(self, status: str) -> RunRecord:
+        "The run's record as it ends: read back from its files by the writer, built from memory by the other ranks."
+        if self.writer:
+            return load_record(self.path)
+        import pandas as pd
+        return RunRecord(self.path, self.p, self.summary(status), pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+
     def complete(self) -> RunRecord:
         """The record of a run killed after its final checkpoint and before its summary said `completed`: the
         checkpoint's rows end with the final evaluation, so nothing is trained or evaluated again."""
@@ -444,10 +451,7 @@ class Run:
             self.final_extra[f"final_test_top5_error_{p['test_protocol']}"] = last["test_top5_error"]
         self.write_record("completed", checkpoint=False)
         self.log(f"{p['run_id']}: its final checkpoint was written before the run was stopped; recorded as completed")
-        if self.writer:
-            return load_record(self.path)
-        import pandas as pd
-        return RunRecord(self.path, p, self.summary("completed"), pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+        return self.record("completed")
 
     def train(self) -> RunRecord:
         from tqdm import tqdm
@@ -535,10 +539,7 @@ class Run:
             raise
         finally:
             bar.close()
-        if self.writer:
-            return load_record(self.path)
-        import pandas as pd
-        return RunRecord(self.path, p, self.summary(status), pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+        return self.record(status)
 
 
 def _gather_rng(device, world):
