@@ -7,7 +7,7 @@ export IDENTITY_STUDY_DATA ?= $(abspath $(DATA))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup data main test check-export lint nbtest pytest lab clean-venv system chapters check-chapters html \
-	test-browser test-slurm findings
+	test-browser test-slurm findings verdicts
 
 # a virtual environment with the pinned versions of settings.ini (and constraints.txt for everything they pull in)
 .venv/.installed: settings.ini setup.py constraints.txt
@@ -71,6 +71,11 @@ JOBS ?= 2
 findings: export OMP_NUM_THREADS := 1
 findings: setup data system
 	$(PY) -m identity_study.sweep run protocol --jobs $(JOBS) --device cpu $(SWEEP_FLAGS)
+	$(MAKE) verdicts
+
+# chapter 10 re-executed and the README's verdicts rewritten from the records in runs/, training nothing
+verdicts: export OMP_NUM_THREADS := 1
+verdicts: setup data system
 	$(PY) -m scripts.chapters 10_mini_reproduction
 	$(PY) scripts/readme_results.py
 
