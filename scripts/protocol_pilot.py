@@ -3,6 +3,7 @@
     .venv/bin/python scripts/protocol_pilot.py                 # amendment 1's numbers
     .venv/bin/python scripts/protocol_pilot.py --amendment 2   # amendment 2's: claim 11's power, the new claims
     .venv/bin/python scripts/protocol_pilot.py --amendment 3   # amendment 3's: seeds of the training-length series
+    .venv/bin/python scripts/protocol_pilot.py --amendment 6   # amendment 6's: the series' lane-hours from its pilot
 
 Reads the pilot's runs (original and full pre-activation ResNet-110 under cpu2k, seeds 0-3) and the committed mini
 records, and prints: the pilot's means and seed SDs of the three metrics, the ratio r that scales the mini records'
@@ -150,11 +151,64 @@ def amendment_3():
               f"'shrinking to a quarter': {' '.join(f'{p:.2f}' for p in shrinking.values())} -> {n} seeds")
 
 
+SERIES_PACE_ROWS = ((200, 1800), (6000, 7800))   # the pilot's stretches without the CI run beside it (amendment 6)
+
+
+def amendment_6():
+    """The training-length series' lane-hours from its pilot (seed 0 of original 110 8k): its recorded wall time, its
+    pace over the stretches of its metrics rows that ran without a CI run beside it, and for each cpu8k configuration
+    the pilot's recorded hours scaled by the configuration's cpu2k median over the original's (never below 1), on the
+    pilot's CPU where both have cpu2k records there, else on the CPU where both do."""
+    proto = load_protocol(repo=ROOT)
+    configs = proto["configurations"]
+    gate = proto["campaign"]["pilot"]
+    pilot = records(configs[gate["configuration"]], [gate["seed"]], gate["profile"], ("fp32",))[0]
+    wall = pilot.summary["wall_seconds"] / 3600
+    cpu = pilot.params["device_name"]
+    metrics = pilot.rows.set_index("iteration")
+    iterations = proto["profile"][gate["profile"]]["cifar"]["iterations"]
+    for start, end in SERIES_PACE_ROWS:
+        pace = (metrics.seconds[end] - metrics.seconds[start]) / (end - start) * iterations / 3600
+        print(f"pilot pace, iterations {start}-{end}: {pace:.3f} h per {iterations} iterations")
+    print(f"pilot {pilot.path.name}: {wall:.3f} lane-hours by wall_seconds on {cpu}")
+
+    def twin(name):
+        "The cpu2k configuration that `name` lengthens: the same table, row and case, no overrides."
+        cfg = configs[name]
+        return next(n for n, c in configs.items() if c["profile"] == "cpu2k" and not c.get("overrides")
+                    and (c["table"], c["row"], c.get("case", "")) == (cfg["table"], cfg["row"], cfg.get("case", "")))
+    total = 0.0
+    for name, cfg in configs.items():
+        if cfg["profile"] != gate["profile"]:
+            continue
+        base, original = twin(name), twin(gate["configuration"])
+        medians = {}
+        for n in (base, original):
+            found = records(configs[n], range(10), "cpu2k", ("fp32",))
+            by_cpu = {}
+            for r in found:
+                by_cpu.setdefault(r.params["device_name"], []).append(r.summary["wall_seconds"])
+            medians[n] = {k: float(np.median(v)) for k, v in by_cpu.items()}
+        shared = [k for k in medians[base] if k in medians[original]]
+        on = cpu if cpu in shared else shared[0]
+        ratio = medians[base][on] / medians[original][on]
+        # no series net computes less than the original (the same convolutions; pre-activation only moves BN and
+        # ReLU), so a ratio under 1 is the clock of a quieter machine, not the net's: never plan below the pilot
+        hours = round(wall * max(1.0, ratio), 2)
+        left = cfg["seeds"] - (1 if name == gate["configuration"] else 0)
+        total += hours * left
+        print(f"{name}: cpu2k {base} / {original} on {on}: {medians[base][on]:.0f} s / {medians[original][on]:.0f} s "
+              f"= {ratio:.3f} -> lane_hours {hours}; {left} runs to go")
+    print(f"the held runs: {total:.1f} lane-hours at the pilot's clock")
+
+
 def main():
     if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "2":
         return amendment_2()
     if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "3":
         return amendment_3()
+    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "6":
+        return amendment_6()
     proto = load_protocol(repo=ROOT)
     configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
     lo, hi = 3, 10

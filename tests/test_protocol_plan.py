@@ -129,12 +129,14 @@ def test_a_budget_takes_the_runs_that_fit_in_order(tmp_path):
 
 def test_the_series_pilot_runs_alone_until_an_amendment_lifts_it(tmp_path):
     series = ["original 110 8k", "preact 110 8k", "bn_after_add 110 8k", "1x1 conv 8k"]
-    plan = plan_protocol(tmp_path, PROTOCOL, configurations=series)
-    states = protocol_states(plan, tmp_path, PROTOCOL)
+    lifting = [k for k, a in PROTOCOL["amendments"].items() if a.get("lifts_pilot") == "cpu8k"]
+    assert lifting == ["6"]                                  # amendment 6 lifts it, after the pilot's record
+    gated = {**PROTOCOL, "amendments": {k: a for k, a in PROTOCOL["amendments"].items() if k not in lifting}}
+    plan = plan_protocol(tmp_path, gated, configurations=series)
+    states = protocol_states(plan, tmp_path, gated)
     runnable = states[states.runnable]
     assert list(zip(runnable.configuration, runnable.seed)) == [("original 110 8k", 0)]      # amendment 3's pilot
     assert len(states) == 28 and states.state.str.startswith("held: waits for the cpu8k pilot").sum() == 27
     fitted, _ = fit_hours([j for j, ok in zip(plan, states.runnable) if ok], 100, lanes=2)
     assert len(fitted) == 1                                  # however large the budget, one lane takes the pilot alone
-    lifted = {**PROTOCOL, "amendments": {**PROTOCOL["amendments"], "99": dict(lifts_pilot="cpu8k")}}
-    assert protocol_states(plan, tmp_path, lifted).runnable.all()
+    assert protocol_states(plan, tmp_path, PROTOCOL).runnable.all()
