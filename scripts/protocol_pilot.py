@@ -177,38 +177,42 @@ def amendment_6():
         cfg = configs[name]
         return next(n for n, c in configs.items() if c["profile"] == "cpu2k" and not c.get("overrides")
                     and (c["table"], c["row"], c.get("case", "")) == (cfg["table"], cfg["row"], cfg.get("case", "")))
+
+    def medians_by_cpu(name) -> dict:
+        "The median wall seconds of the configuration's counted-seed cpu2k records, per CPU model."
+        by_cpu = {}
+        for r in records(configs[name], range(10), "cpu2k", ("fp32",)):
+            by_cpu.setdefault(r.params["device_name"], []).append(r.summary["wall_seconds"])
+        return {k: float(np.median(v)) for k, v in by_cpu.items()}
+
+    original = twin(gate["configuration"])
+    original_medians = medians_by_cpu(original)
     total = 0.0
     for name, cfg in configs.items():
         if cfg["profile"] != gate["profile"]:
             continue
-        base, original = twin(name), twin(gate["configuration"])
-        medians = {}
-        for n in (base, original):
-            found = records(configs[n], range(10), "cpu2k", ("fp32",))
-            by_cpu = {}
-            for r in found:
-                by_cpu.setdefault(r.params["device_name"], []).append(r.summary["wall_seconds"])
-            medians[n] = {k: float(np.median(v)) for k, v in by_cpu.items()}
-        shared = [k for k in medians[base] if k in medians[original]]
+        base = twin(name)
+        base_medians = medians_by_cpu(base)
+        shared = [k for k in base_medians if k in original_medians]
         on = cpu if cpu in shared else shared[0]
-        ratio = medians[base][on] / medians[original][on]
+        ratio = base_medians[on] / original_medians[on]
         # no series net computes less than the original (the same convolutions; pre-activation only moves BN and
         # ReLU), so a ratio under 1 is the clock of a quieter machine, not the net's: never plan below the pilot
         hours = round(wall * max(1.0, ratio), 2)
         left = cfg["seeds"] - (1 if name == gate["configuration"] else 0)
         total += hours * left
-        print(f"{name}: cpu2k {base} / {original} on {on}: {medians[base][on]:.0f} s / {medians[original][on]:.0f} s "
+        print(f"{name}: cpu2k {base} / {original} on {on}: {base_medians[on]:.0f} s / {original_medians[on]:.0f} s "
               f"= {ratio:.3f} -> lane_hours {hours}; {left} runs to go")
     print(f"the held runs: {total:.1f} lane-hours at the pilot's clock")
 
 
 def main():
-    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "2":
-        return amendment_2()
-    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "3":
-        return amendment_3()
-    if "--amendment" in sys.argv and sys.argv[sys.argv.index("--amendment") + 1] == "6":
-        return amendment_6()
+    later = {"2": amendment_2, "3": amendment_3, "6": amendment_6}
+    which = sys.argv[sys.argv.index("--amendment") + 1] if "--amendment" in sys.argv else "1"
+    if which in later:
+        return later[which]()
+    if which != "1":
+        sys.exit(f"--amendment {which}: no numbers to print; the choices are 1 (the default), {', '.join(later)}")
     proto = load_protocol(repo=ROOT)
     configs, alpha = proto["configurations"], proto["protocol"]["alpha"]
     lo, hi = 3, 10
