@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,10 +27,11 @@ VERDICTS = ("reproduced", "contradicted", "inconclusive", "not testable at this 
 CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol configuration evaluates on the test split)
 
 # %% auto #0
-__all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit', 'amendment_commit',
-           'descends_from', 'accepted_codes', 'Judge', 'welch', 'paired', 'claim_test', 'holm', 'holm_levels',
-           'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs', 'machine_of',
-           'machine_check', 'within_seed_correlation', 'familywise_bound', 'series_contrasts', 'first_epoch_view']
+__all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'SERIES_MEANING', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit',
+           'amendment_commit', 'descends_from', 'accepted_codes', 'Judge', 'welch', 'paired', 'claim_test', 'holm',
+           'holm_levels', 'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs',
+           'machine_of', 'machine_check', 'within_seed_correlation', 'familywise_bound', 'paper_difference',
+           'series_contrasts', 'series_in_words', 'first_epoch_view']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_scale(cfg: dict) -> dict:
@@ -525,11 +527,19 @@ def _welch_sum(groups, signs) -> tuple[float, float, float]:
     return estimate, se, dof
 
 
+def paper_difference(text: str) -> float:
+    "a - b in the paper's numbers, where a claim's `paper` gives two ('12.22 vs 6.61 ...'); NaN for 'fail' or none."
+    m = re.match(r"\s*([\d.]+) vs ([\d.]+)", text)
+    return float(m.group(1)) - float(m.group(2)) if m else math.nan
+
+
 def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.DataFrame:
     """The training-length series (amendment 3): per claim of a `series` family, the difference at its own scale and
     at the scale of the claim it repeats (`scale_of`), their change c = d(long) - d(short) with Welch-Satterthwaite's
     t over the four groups, Holm over the family, c's interval at its Holm level, and the outcome by the protocol's
-    words: flips sign, shrinks toward the paper, grows, or holds its size (pending while runs are missing)."""
+    words: flips sign, shrinks toward the paper, grows, or holds its size (pending while runs are missing); beside it
+    the paper's difference, the long claim's verdict and interval at its Holm level, and `approaches_paper` where that
+    interval contains the paper's difference (the only case in which amendment 3 lets the study say so)."""
     alpha, num_classes = protocol["protocol"]["alpha"], protocol["protocol"]["num_classes"]
     rows = []
     for name, fam in protocol["families"].items():
@@ -540,7 +550,8 @@ def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.D
             long = [configs[claim[s]] for s in "ab"]
             short = [configs[protocol["configurations"][claim[s]]["short"]] for s in "ab"]
             row = dict(id=cid, family=name, scale_of=claim.get("scale_of"), direction=claim["direction"],
-                       d_long=math.nan, d_short=math.nan, change=math.nan, p=1.0, outcome="pending")
+                       paper=paper_difference(claim["paper"]), d_long=math.nan, d_short=math.nan, change=math.nan,
+                       p=1.0, outcome="pending")
             if all(len(c["used"]) >= max(2, c["planned"]) for c in long + short):
                 groups = [[r.metric(claim["metric"], num_classes) for r in c["used"]] for c in long + short]
                 change, se, dof = _welch_sum(groups, (1, -1, -1, 1))
@@ -553,7 +564,13 @@ def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.D
         return out
     out["p_holm"] = holm(out.p.to_numpy())
     out["holm_level"] = holm_levels(out.p.to_numpy(), alpha)
-    verdicts = table.set_index("id").verdict
+    by_id = table.set_index("id")
+    verdicts = by_id.verdict
+    out["d_long_low"], out["d_long_high"] = out.id.map(by_id.ci_holm_low), out.id.map(by_id.ci_holm_high)
+    out["approaches_paper"] = (out.d_long_low <= out.paper) & (out.paper <= out.d_long_high)
+    for end, ids in (("short", out.scale_of), ("long", out.id)):
+        out[f"scale_{end}"] = [f"{by_id.profile[i]} ({by_id.epochs[i]:g} epochs)" for i in ids]
+    out["change_low"], out["change_high"] = math.nan, math.nan
     for i, r in out.iterrows():
         if r.outcome != "pending" or pd.isna(r.change):
             continue
@@ -570,7 +587,54 @@ def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.D
         else:
             outcome = "holds its size"
         out.loc[i, "outcome"] = outcome
+    out["long_verdict"] = out.id.map(verdicts).where(out.outcome != "pending", "pending")
     return out
+
+# %% ../nbs/09a_findings.ipynb #b16420c6
+# what each outcome means for the short-profile verdict, as amendment 3 (`meaning`) fixed it before the runs
+SERIES_MEANING = {
+    "shrinks toward the paper": "its short-profile direction is the paper's and its size an artefact of early training",
+    "holds its size": "the CPU scale measures early trainability, a quantity the paper's converged numbers do not show",
+    "grows": "the CPU scale measures early trainability, a quantity the paper's converged numbers do not show",
+    "flips sign": "its short-profile verdict does not survive longer training: read it as an early-training effect only",
+}
+_DIRECTION = {"reproduced": "the paper's direction holds (significant at the Holm level)",
+              "contradicted": "the difference is significant against the paper's direction",
+              "inconclusive": "the direction is no longer significant"}
+
+
+def _signed(value: float, digits: int = 1) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.2g}"
+
+
+def series_in_words(series: pd.DataFrame) -> list[str]:
+    """A few sentences per claim of `series_contrasts`' table, in the protocol's order: the difference at the short and
+    the long profile (points, the long one with its Holm interval) beside the paper's, the long verdict's direction,
+    the change and its outcome, whether the long interval contains the paper's difference, and what that means."""
+    said = []
+    for r in series.itertuples():
+        short, long = r.scale_short, r.scale_long
+        if r.outcome == "pending":
+            said.append(f"{r.scale_of}: pending, its runs at {long} not all in.")
+            continue
+        text = (f"{r.scale_of}: {_signed(r.d_short)} points at {short}, {_signed(r.d_long)} "
+                f"[{_signed(r.d_long_low)}, {_signed(r.d_long_high)}] at {long}, the paper {_signed(r.paper, 2)}. "
+                f"At {long} {_DIRECTION.get(r.long_verdict, r.long_verdict)}. The change, {_signed(r.change)} "
+                f"[{_signed(r.change_low)}, {_signed(r.change_high)}] (Holm p {_p(r.p_holm)}); by amendment 3's rule it {r.outcome}")
+        if r.approaches_paper:
+            text += f", and its {long} interval contains the paper's difference"
+        elif pd.notna(r.paper) and r.paper != 0 and np.sign(r.d_long) == np.sign(r.paper):
+            text += f"; at {long} it is still {r.d_long / r.paper:.1f} times the paper's"
+        meaning = SERIES_MEANING[r.outcome]
+        if r.outcome == "shrinks toward the paper" and r.long_verdict != "reproduced":
+            meaning = "its size was an artefact of early training, and whether its direction is the paper's the " \
+                      "longer runs cannot say"
+        said.append(f"{text}. So {meaning}.")
+    return said
 
 # %% ../nbs/09a_findings.ipynb #f1e0a002
 def first_epoch_view(runs, protocol: dict) -> tuple[pd.DataFrame, dict]:

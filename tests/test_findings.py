@@ -13,7 +13,7 @@ from identity_study.findings import (VERDICTS, Record, amendment_commit, claim_t
                                      descends_from,
                                      counted_runs, familywise_bound, findings, gather_runs, holm, holm_levels,
                                      judge_claims, load_protocol, machine_check, protocol_commit, series_contrasts,
-                                     verdict,
+                                     SERIES_MEANING, series_in_words, verdict,
                                      within_seed_correlation)
 from identity_study.records import code_fingerprint
 
@@ -326,25 +326,55 @@ def test_the_machine_is_checked_as_a_covariate_and_said_when_it_cannot_be(tmp_pa
     assert familywise_bound(claims, proto) == dict(families=["f"], alpha=0.05, bound=0.05)
 
 
-@pytest.mark.parametrize("long_gap, outcome", [(5.0, "shrinks toward the paper"), (40.0, "grows"),
-                                               (20.5, "holds its size"), (-15.0, "flips sign")])
-def test_the_training_length_series_says_how_a_difference_moves(tmp_path, long_gap, outcome):
+@pytest.mark.parametrize("long_gap, outcome, approaches", [
+    (5.0, "shrinks toward the paper", False), (0.5, "shrinks toward the paper", True), (40.0, "grows", False),
+    (20.5, "holds its size", False), (-15.0, "flips sign", False)])
+def test_the_training_length_series_says_how_a_difference_moves(tmp_path, long_gap, outcome, approaches):
     proto = protocol(seeds=4)
     configs = proto["configurations"]
     for name in ("scaled", "identity"):
         configs[f"{name} long"] = dict(configs[name], overrides=dict(iterations=1800), short=name)
     proto["families"] = {"f": dict(claims=["w"]), "L": dict(claims=["w long"], series=True)}
     proto["claims"] = [dict(proto["claims"][0]),
-                       dict(proto["claims"][0], id="w long", a="scaled long", b="identity long", family="L")]
+                       dict(proto["claims"][0], id="w long", a="scaled long", b="identity long", family="L",
+                            scale_of="w", paper="50.5 vs 50.0")]
     noise = [0.0, 0.4, -0.3, -0.1]         # mean 0
     fill(tmp_path, proto, {"scaled": [80 + e for e in noise], "identity": [60 - e for e in noise],
                            "scaled long": [50 + long_gap + e for e in noise], "identity long": [50 - e for e in noise]})
     gathered = gather_runs(tmp_path, proto, repo=ROOT)
     claims, _ = judge_claims(gathered, proto)
     assert claims.set_index("id").series.to_dict() == {"w": False, "w long": True}
-    row = series_contrasts(gathered, proto, claims).set_index("id").loc["w long"]
+    series = series_contrasts(gathered, proto, claims)
+    row = series.set_index("id").loc["w long"]
     assert row.d_short == pytest.approx(20.0) and row.d_long == pytest.approx(long_gap)
     assert row.change == pytest.approx(long_gap - 20.0) and row.outcome == outcome
+    # the paper's difference (0.5) lies inside the long interval only where the long gap is the paper's
+    assert row.paper == pytest.approx(0.5) and bool(row.approaches_paper) is approaches
+    assert row.long_verdict == claims.set_index("id").verdict["w long"]
+    # in words: the two differences at their scales, the rule's outcome and what amendment 3 says it means
+    (said,) = series_in_words(series)
+    assert said.startswith(f"w: +20.0 points at mini (1.15 epochs), {long_gap:+.1f} [")
+    assert f"it {outcome}" in said and ("contains the paper's difference" in said) is approaches
+    assert SERIES_MEANING[outcome] in said or (outcome == "shrinks toward the paper"
+                                               and row.long_verdict != "reproduced" and "cannot say" in said)
+
+
+def test_a_pending_series_claim_is_said_to_be_pending_and_nothing_more(tmp_path):
+    proto = protocol(seeds=4)
+    proto["configurations"]["scaled long"] = dict(proto["configurations"]["scaled"], overrides=dict(iterations=1800),
+                                                  short="scaled")
+    proto["configurations"]["identity long"] = dict(proto["configurations"]["identity"],
+                                                    overrides=dict(iterations=1800), short="identity")
+    proto["families"] = {"f": dict(claims=["w"]), "L": dict(claims=["w long"], series=True)}
+    proto["claims"] = [dict(proto["claims"][0]),
+                       dict(proto["claims"][0], id="w long", a="scaled long", b="identity long", family="L",
+                            scale_of="w", paper="50.5 vs 50.0")]
+    fill(tmp_path, proto, {"scaled": [80, 81, 79, 80], "identity": [60, 61, 59, 60], "scaled long": [55, 56]})
+    gathered = gather_runs(tmp_path, proto, repo=ROOT)
+    claims, _ = judge_claims(gathered, proto)
+    series = series_contrasts(gathered, proto, claims)
+    assert list(series.outcome) == ["pending"] and list(series.long_verdict) == ["pending"]
+    assert series_in_words(series) == ["w: pending, its runs at mini (2.3 epochs) not all in."]
 
 
 # --- issue 38: one reader, one engine: the committed verdicts and counted runs are what the code derives ------------
