@@ -29,9 +29,9 @@ CIFAR_TRAIN_IMAGES = 50_000     # an epoch of CIFAR-10/100 (every protocol confi
 # %% auto #0
 __all__ = ['VERDICTS', 'CIFAR_TRAIN_IMAGES', 'SERIES_MEANING', 'configuration_scale', 'scale_text', 'Record', 'protocol_commit',
            'amendment_commit', 'descends_from', 'accepted_codes', 'Judge', 'welch', 'paired', 'claim_test', 'holm',
-           'holm_levels', 'verdict', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings', 'counted_runs',
-           'machine_of', 'machine_check', 'within_seed_correlation', 'familywise_bound', 'paper_difference',
-           'series_contrasts', 'series_in_words', 'first_epoch_view']
+           'holm_levels', 'verdict', 'p_text', 'configuration_runs', 'gather_runs', 'judge_claims', 'findings',
+           'counted_runs', 'machine_of', 'machine_check', 'within_seed_correlation', 'familywise_bound',
+           'paper_difference', 'series_contrasts', 'series_in_words', 'first_epoch_view']
 
 # %% ../nbs/09a_findings.ipynb #d5d2c6ee
 def configuration_scale(cfg: dict) -> dict:
@@ -300,6 +300,12 @@ def verdict(direction: str, test: dict, p_holm: float, alpha: float) -> str:
     expected = 1 if direction == "worse" else -1
     return "reproduced" if np.sign(test["difference"]) == expected else "contradicted"
 
+
+def p_text(value) -> str:
+    """A p-value as the study prints it in every table and sentence: two significant digits, so that a reader can set
+    it beside its Holm level (which can be smaller than 0.001); blank where there is no test."""
+    return "" if pd.isna(value) else f"{value:.2g}"
+
 # %% ../nbs/09a_findings.ipynb #1cbc4dbc
 def configuration_runs(name: str, judge: Judge, runs_dir) -> dict:
     """The runs of configuration `name`: those that count (`used`, its planned seeds' eligible records) and, by
@@ -488,7 +494,7 @@ def machine_check(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.Data
                 vb = [v for v, s, m in zip(y, side, machines) if not s and m == k]
                 if len(va) >= 2 and len(vb) >= 2:
                     t = claim_test("worse", va, vb)
-                    parts.append(f"{k}: {t['difference']:+.2f} (p {t['p']:.2g}, {len(va)} v {len(vb)})")
+                    parts.append(f"{k}: {t['difference']:+.2f} (p {p_text(t['p'])}, {len(va)} v {len(vb)})")
             row["within"] = "; ".join(parts)
         out.append(row)
     return pd.DataFrame(out, columns=["id", "machines_a", "machines_b", "covariate", "difference_adjusted",
@@ -592,10 +598,11 @@ def series_contrasts(configs: dict, protocol: dict, table: pd.DataFrame) -> pd.D
 
 # %% ../nbs/09a_findings.ipynb #b16420c6
 # what each outcome means for the short-profile verdict, as amendment 3 (`meaning`) fixed it before the runs
+_EARLY_TRAINABILITY = "the CPU scale measures early trainability, a quantity the paper's converged numbers do not show"
 SERIES_MEANING = {
     "shrinks toward the paper": "its short-profile direction is the paper's and its size an artefact of early training",
-    "holds its size": "the CPU scale measures early trainability, a quantity the paper's converged numbers do not show",
-    "grows": "the CPU scale measures early trainability, a quantity the paper's converged numbers do not show",
+    "holds its size": _EARLY_TRAINABILITY,      # amendment 3 gives holding and growing one meaning
+    "grows": _EARLY_TRAINABILITY,
     "flips sign": "its short-profile verdict does not survive longer training: read it as an early-training effect only",
 }
 _DIRECTION = {"reproduced": "the paper's direction holds (significant at the Holm level)",
@@ -605,10 +612,6 @@ _DIRECTION = {"reproduced": "the paper's direction holds (significant at the Hol
 
 def _signed(value: float, digits: int = 1) -> str:
     return f"{value:+.{digits}f}"
-
-
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.2g}"
 
 
 def series_in_words(series: pd.DataFrame) -> list[str]:
@@ -624,7 +627,7 @@ def series_in_words(series: pd.DataFrame) -> list[str]:
         text = (f"{r.scale_of}: {_signed(r.d_short)} points at {short}, {_signed(r.d_long)} "
                 f"[{_signed(r.d_long_low)}, {_signed(r.d_long_high)}] at {long}, the paper {_signed(r.paper, 2)}. "
                 f"At {long} {_DIRECTION.get(r.long_verdict, r.long_verdict)}. The change, {_signed(r.change)} "
-                f"[{_signed(r.change_low)}, {_signed(r.change_high)}] (Holm p {_p(r.p_holm)}); by amendment 3's rule it {r.outcome}")
+                f"[{_signed(r.change_low)}, {_signed(r.change_high)}] (Holm p {p_text(r.p_holm)}); by amendment 3's rule it {r.outcome}")
         if r.approaches_paper:
             text += f", and its {long} interval contains the paper's difference"
         elif pd.notna(r.paper) and r.paper != 0 and np.sign(r.d_long) == np.sign(r.paper):

@@ -13,7 +13,7 @@ from identity_study.findings import (VERDICTS, Record, amendment_commit, claim_t
                                      descends_from,
                                      counted_runs, familywise_bound, findings, gather_runs, holm, holm_levels,
                                      judge_claims, load_protocol, machine_check, protocol_commit, series_contrasts,
-                                     SERIES_MEANING, series_in_words, verdict,
+                                     p_text, SERIES_MEANING, series_in_words, verdict,
                                      within_seed_correlation)
 from identity_study.records import code_fingerprint
 
@@ -355,6 +355,7 @@ def test_the_training_length_series_says_how_a_difference_moves(tmp_path, long_g
     (said,) = series_in_words(series)
     assert said.startswith(f"w: +20.0 points at mini (1.15 epochs), {long_gap:+.1f} [")
     assert f"it {outcome}" in said and ("contains the paper's difference" in said) is approaches
+    assert f"(Holm p {p_text(row.p_holm)})" in said      # the verdict table's form of p, not a second one
     assert SERIES_MEANING[outcome] in said or (outcome == "shrinks toward the paper"
                                                and row.long_verdict != "reproduced" and "cannot say" in said)
 
